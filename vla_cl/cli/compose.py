@@ -1,0 +1,142 @@
+"""Hydra at the edge: turn ``key=value`` overrides into a validated config dataclass.
+
+Each subcommand's dataclass is registered in hydra's ConfigStore as ``<command>_schema``; a YAML file
+``configs/<command>.yaml`` (optional) composes on top of it and may define groups of presets
+(``configs/<command>/<group>/<option>.yaml``). Library code only ever sees the dataclass.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import typing
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+
+class ConfigError(ValueError):
+    """A config key or value the command does not accept; the message names it and the valid choices."""
+
+
+def config_dir() -> Path | None:
+    """``configs/`` next to the package (editable installs), or ``$VLA_CL_CONFIG_DIR``."""
+    override = os.environ.get("VLA_CL_CONFIG_DIR")
+    if override:
+        path = Path(override)
+        if not path.is_dir():
+            raise ConfigError(f"VLA_CL_CONFIG_DIR={override} is not a folder; point it at the repo's configs/.")
+        return path.resolve()
+    path = Path(__file__).resolve().parents[2] / "configs"
+    return path if path.is_dir() else None
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _nested_dataclass(tp: Any) -> type | None:
+    if dataclasses.is_dataclass(tp):
+        return tp
+    for arg in typing.get_args(tp):
+        if dataclasses.is_dataclass(arg):
+            return arg
+    return None
+
+
+def valid_keys(cls: type, prefix: str = "") -> list[str]:
+    """Every dotted key a config dataclass accepts, nested dataclasses included."""
+    keys = []
+    for name, tp in _field_types(cls).items():
+        keys.append(prefix + name)
+        nested = _nested_dataclass(tp)
+        if nested is not None:
+            keys.extend(valid_keys(nested, f"{prefix}{name}."))
+    return keys
+
+
+def config_groups(command: str) -> dict[str, list[str]]:
+    """Preset groups available for a command: {group: [option, ...]} from configs/<command>/<group>/*.yaml."""
+    root = config_dir()
+    folder = root / command if root else None
+    if folder is None or not folder.is_dir():
+        return {}
+    return {
+        group.name: sorted(p.stem for p in group.glob("*.yaml"))
+        for group in sorted(folder.iterdir())
+        if group.is_dir()
+    }
+
+
+def _check_override_keys(command: str, cls: type, overrides: list[str]) -> None:
+    keys = set(valid_keys(cls))
+    groups = config_groups(command)
+    for override in overrides:
+        if "=" not in override:
+            raise ConfigError(
+                f"'{override}' is not an override; write key=value (valid keys: {', '.join(sorted(keys))})."
+            )
+        key, _, value = override.partition("=")
+        key = key.lstrip("+~")
+        if key in groups:
+            if value not in groups[key]:
+                raise ConfigError(
+                    f"unknown {key} '{value}' for '{command}'. Valid choices: {', '.join(groups[key])}."
+                )
+            continue
+        if key not in keys:
+            choices = sorted(keys | set(groups))
+            raise ConfigError(f"unknown config key '{key}' for '{command}'. Valid keys: {', '.join(choices)}.")
+
+
+def compose(command: str, cls: type, overrides: list[str]) -> Any:
+    """Compose ``configs/<command>.yaml`` (if any) over the dataclass defaults and apply overrides.
+
+    Returns an instance of ``cls``; its ``__post_init__`` validation has run. Raises ConfigError.
+    """
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.config_store import ConfigStore
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    _check_override_keys(command, cls, overrides)
+    schema = f"{command}_schema"
+    ConfigStore.instance().store(name=schema, node=cls)
+    root = config_dir()
+    has_yaml = root is not None and (root / f"{command}.yaml").exists()
+    GlobalHydra.instance().clear()
+    try:
+        if has_yaml:
+            with initialize_config_dir(config_dir=str(root), version_base=None):
+                cfg = hydra_compose(config_name=command, overrides=overrides)
+        else:
+            # No YAML for this command: the dataclass is the whole config.
+            cfg = OmegaConf.merge(OmegaConf.structured(cls), OmegaConf.from_dotlist(overrides))
+        return OmegaConf.to_object(cfg)
+    except (HydraException, OmegaConfBaseException) as exc:
+        message = str(exc).strip().splitlines()
+        raise ConfigError(f"invalid config for '{command}': {' '.join(message[:4])}") from exc
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def describe(cls: type, prefix: str = "") -> list[tuple[str, str, str]]:
+    """(key, default, doc) for each field; docs come from ``metadata={'help': ...}``."""
+    rows = []
+    for field in dataclasses.fields(cls):
+        nested = _nested_dataclass(_field_types(cls)[field.name])
+        if nested is not None:
+            rows.extend(describe(nested, f"{prefix}{field.name}."))
+            continue
+        if field.default is not dataclasses.MISSING:
+            default = repr(field.default)
+        elif field.default_factory is not dataclasses.MISSING:
+            default = repr(field.default_factory())
+        else:
+            default = "(required)"
+        rows.append((prefix + field.name, default, field.metadata.get("help", "")))
+    return rows

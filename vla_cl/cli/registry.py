@@ -1,0 +1,55 @@
+"""The table of ``vla-cl`` subcommands.
+
+Each entry names where its config dataclass and its ``run(config, run_dir)`` function live, so that
+``vla-cl --help`` lists every verb without importing torch, ManiSkill or transformers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from typing import Any, Callable
+
+
+@dataclasses.dataclass(frozen=True)
+class Command:
+    name: str
+    help: str
+    config: str  # "module:ConfigClass"
+    run: str  # "module:function" taking (config, RunDir) and returning an exit status or None
+
+    def load_config_class(self) -> type:
+        return _load(self.config)
+
+    def load_run(self) -> Callable[..., Any]:
+        return _load(self.run)
+
+
+def _load(ref: str) -> Any:
+    module, _, attr = ref.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+COMMANDS: dict[str, Command] = {
+    c.name: c
+    for c in (
+        Command(
+            "info",
+            "Report the machine, package versions and the Vulkan driver SAPIEN will use.",
+            "vla_cl.cli.info:InfoConfig",
+            "vla_cl.cli.info:run",
+        ),
+        Command(
+            "sim-check",
+            "Create a ManiSkill3 task on the CPU, step it and render frames (checks the simulation stack).",
+            "vla_cl.envs.check:SimCheckConfig",
+            "vla_cl.envs.check:run",
+        ),
+        Command(
+            "razor",
+            "The main job: the RL's Razor experiment on the embedded default (runs what is built so far).",
+            "vla_cl.razor:RazorConfig",
+            "vla_cl.razor:run",
+        ),
+    )
+}

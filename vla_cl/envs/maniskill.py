@@ -1,0 +1,68 @@
+"""Create ManiSkill3 tasks on the CPU backends, safely.
+
+ManiSkill3 prompts on stdin for missing assets and calls ``exit()`` when the answer is no; both are
+disabled here. SAPIEN's Vulkan driver is selected first (see :mod:`vla_cl.envs.vulkan`).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+
+from vla_cl.envs.vulkan import configure_vulkan
+
+
+def import_maniskill() -> None:
+    """Import ManiSkill3's task registry with a Vulkan driver chosen and download prompts disabled."""
+    os.environ.setdefault("MS_SKIP_ASSET_DOWNLOAD_PROMPT", "1")
+    configure_vulkan()
+    import mani_skill.envs  # noqa: F401  (registers the gym ids)
+
+
+def make_maniskill(
+    env_id: str,
+    *,
+    obs_mode: str = "state",
+    control_mode: str | None = None,
+    render_size: int | None = None,
+    sensor_size: int | None = None,
+    **kwargs: Any,
+):
+    """``gym.make`` a ManiSkill3 task on PhysX CPU.
+
+    ``render_size`` enables ``env.render()`` from the task's human render camera at that square size;
+    ``sensor_size`` sets the observation cameras' size for rgb observations. Without either, no
+    renderer is created (faster, and state-only tasks need no image).
+    """
+    import gymnasium as gym
+
+    import_maniskill()
+    options: dict[str, Any] = dict(obs_mode=obs_mode, sim_backend="physx_cpu", num_envs=1, **kwargs)
+    if control_mode is not None:
+        options["control_mode"] = control_mode
+    needs_renderer = render_size is not None or obs_mode not in {"state", "state_dict", "none"}
+    options["render_backend"] = "cpu" if needs_renderer else "none"
+    if render_size is not None:
+        options["render_mode"] = "rgb_array"
+        options["human_render_camera_configs"] = dict(width=render_size, height=render_size)
+    if sensor_size is not None:
+        options["sensor_configs"] = dict(width=sensor_size, height=sensor_size)
+    return gym.make(env_id, **options)
+
+
+def to_numpy(value: Any) -> np.ndarray:
+    """ManiSkill returns batched torch tensors even with one env; give a numpy array without the batch dim."""
+    if hasattr(value, "detach"):
+        value = value.detach().cpu().numpy()
+    array = np.asarray(value)
+    return array[0] if array.ndim > 0 and array.shape[0] == 1 else array
+
+
+def render_frame(env) -> np.ndarray:
+    """One RGB frame (H, W, 3) uint8 from the env's render camera."""
+    frame = to_numpy(env.render())
+    if frame.dtype != np.uint8:
+        frame = np.clip(frame, 0, 255).astype(np.uint8)
+    return frame

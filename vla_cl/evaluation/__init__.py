@@ -1,0 +1,1 @@
+"""Cross-task retention suites, sweeps, the forgetting-law fit and reports."""

@@ -1,0 +1,1 @@
+"""The same KL and evaluation core applied to language models (TRL trainers, lm-eval retention)."""

@@ -1,0 +1,1 @@
+"""Policies that emit distributions over discretised action tokens."""
