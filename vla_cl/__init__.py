@@ -12,7 +12,7 @@ import importlib
 __version__ = "0.1.0"
 
 # Public names re-exported lazily: name -> module that defines it.
-_LAZY = {"ActionTokenizer": "vla_cl.tokenizer"}
+_LAZY = {"ActionTokenizer": "vla_cl.tokenizer", "NormStats": "vla_cl.tokenizer"}
 
 
 def __getattr__(name: str):
