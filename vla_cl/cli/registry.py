@@ -46,6 +46,18 @@ COMMANDS: dict[str, Command] = {
             "vla_cl.envs.check:run",
         ),
         Command(
+            "demos",
+            "Record scripted-expert demonstrations of a task (state/images, actions, success) for SFT.",
+            "vla_cl.envs.demos:DemosConfig",
+            "vla_cl.envs.demos:run",
+        ),
+        Command(
+            "render",
+            "Write rollout videos (mp4 with captions) and contact sheets of a policy on a task.",
+            "vla_cl.envs.video:RenderConfig",
+            "vla_cl.envs.video:run",
+        ),
+        Command(
             "razor",
             "The main job: the RL's Razor experiment on the embedded default (runs what is built so far).",
             "vla_cl.razor:RazorConfig",

@@ -32,7 +32,8 @@ def make_maniskill(
 ):
     """``gym.make`` a ManiSkill3 task on PhysX CPU.
 
-    ``render_size`` enables ``env.render()`` from the task's human render camera at that square size;
+    ``render_size`` enables ``env.render()`` from the task's human render camera at that square size
+    (other settings for that camera may come in ``human_render_camera_configs``);
     ``sensor_size`` sets the observation cameras' size for rgb observations. Without either, no
     renderer is created (faster, and state-only tasks need no image).
     """
@@ -46,10 +47,31 @@ def make_maniskill(
     options["render_backend"] = "cpu" if needs_renderer else "none"
     if render_size is not None:
         options["render_mode"] = "rgb_array"
-        options["human_render_camera_configs"] = dict(width=render_size, height=render_size)
+        # Merged into the caller's settings (e.g. an intrinsic matrix fitted to the square frame).
+        camera = dict(options.get("human_render_camera_configs") or {})
+        options["human_render_camera_configs"] = {**camera, "width": render_size, "height": render_size}
     if sensor_size is not None:
         options["sensor_configs"] = dict(width=sensor_size, height=sensor_size)
-    return gym.make(env_id, **options)
+    env = gym.make(env_id, **options)
+    if needs_renderer:
+        keep_renderer_alive(options["render_backend"])
+    return env
+
+
+_idle_renderers: dict[str, Any] = {}
+
+
+def keep_renderer_alive(device: str) -> None:
+    """Hold one idle SAPIEN render system for ``device`` for the rest of the process.
+
+    SAPIEN tears its Vulkan renderer down when the last env that renders is freed, and the next such
+    env then spends 10-20 s on lavapipe building it again (shader compilation). Creating several envs
+    one after another (evaluation suites, tests) would pay that every time.
+    """
+    if device not in _idle_renderers:
+        import sapien
+
+        _idle_renderers[device] = sapien.render.RenderSystem(sapien.Device(device))
 
 
 def to_numpy(value: Any) -> np.ndarray:

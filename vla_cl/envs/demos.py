@@ -1,0 +1,255 @@
+"""Demonstration datasets: scripted-expert episodes written to disk for supervised fine-tuning.
+
+Format (version 1): a folder holding two files.
+
+``demos.safetensors`` — one row per step, every array with the same number of rows N:
+
+    state          (N, S) float32   the observation's state vector (obs_mode state/both)
+    image          (N, H, W, 3) uint8  the observation image (obs_mode rgb/both)
+    action         (N, 7) float32   the PHYSICAL action taken (xyz m, rotation rad, gripper +-1)
+    reward         (N,)   float32
+    episode_index  (N,)   int64     0..E-1, consecutive, rows of an episode contiguous and in step order
+    step           (N,)   int64     0-based step within the episode
+    success        (N,)   bool      info["success"] after the step
+
+``demos.json`` — ``format_version``, ``task_id``, ``instruction`` (the task's) and ``instructions`` (one per
+episode), ``obs_mode``, ``state_dim``, ``image_size``, ``action_stats`` (the env's q01/q99/mask over its
+action space, what a policy's ActionTokenizer normalises with), ``action_quantiles`` (the 1st/99th
+percentiles of the recorded actions), ``env_options``, ``episode_seeds``, ``episode_lengths``,
+``counts`` (episodes kept, steps, episodes attempted), ``success_rate`` (over the attempts),
+``only_success`` and ``created``.
+
+:func:`load_demos` reads and validates a folder (or a ``vla-cl demos`` run directory); ``vla-cl demos``
+writes one (:func:`run`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vla_cl.config import RunConfig, option, require, require_choice
+from vla_cl.envs.registry import OBS_MODES, get_spec
+
+FORMAT_VERSION = 1
+ARRAYS_FILE = "demos.safetensors"
+META_FILE = "demos.json"
+STEP_ARRAYS = {"action": np.float32, "reward": np.float32, "episode_index": np.int64, "step": np.int64,
+               "success": np.bool_}
+
+
+@dataclasses.dataclass
+class Demos:
+    """A loaded (or freshly collected) demonstration set."""
+
+    arrays: dict[str, np.ndarray]
+    meta: dict[str, Any]
+
+    def __len__(self) -> int:
+        return int(self.arrays["action"].shape[0])
+
+    @property
+    def num_episodes(self) -> int:
+        return int(self.meta["counts"]["episodes"])
+
+    def episode(self, k: int) -> dict[str, np.ndarray]:
+        rows = self.arrays["episode_index"] == k
+        return {name: values[rows] for name, values in self.arrays.items()}
+
+
+def recorder(rows: dict[str, list]):
+    """An ``on_step`` callback appending each transition's observation and step arrays to ``rows``."""
+
+    def record(t) -> None:
+        for key in ("state", "image"):
+            if key in t.obs:
+                rows[key].append(t.obs[key])
+        values = (t.action, t.reward, t.episode, t.step, bool(t.info.get("success", False)))
+        for name, value in zip(STEP_ARRAYS, values):
+            rows[name].append(value)
+
+    return record
+
+
+def collect_demos(task_id: str, n_episodes: int, *, seed: int = 0, obs_mode: str = "state",
+                  image_size: int = 128, only_success: bool = True, max_attempts: int | None = None,
+                  log: Any = None) -> Demos:
+    """Roll the task's expert out until ``n_episodes`` are kept (only successful ones by default).
+
+    Attempt k starts from seed ``seed + k``; at most ``max_attempts`` (default ``3 * n_episodes``) are made.
+    """
+    from vla_cl.envs.experts import ExpertPolicy, make_expert
+    from vla_cl.envs.registry import make
+    from vla_cl.envs.vector import rollout
+
+    make_expert(task_id)  # fail early, naming the tasks with experts
+    max_attempts = max_attempts or 3 * n_episodes
+    env = make(task_id, obs_mode=obs_mode, image_size=image_size)
+    policy = ExpertPolicy(task_id, env)
+    rows: dict[str, list] = {name: [] for name in ("state", "image", *STEP_ARRAYS)}
+    kept_seeds, kept_lengths, instructions = [], [], []
+    attempts = successes = 0
+    try:
+        while len(kept_seeds) < n_episodes and attempts < max_attempts:
+            episode_rows: dict[str, list] = {name: [] for name in rows}
+            (episode,) = rollout(policy, env, 1, seed=seed + attempts, on_step=recorder(episode_rows))
+            attempts += 1
+            successes += episode.success
+            if only_success and not episode.success:
+                continue
+            episode_rows["episode_index"] = [len(kept_seeds)] * episode.length
+            for name, values in episode_rows.items():
+                rows[name].extend(values)
+            kept_seeds.append(episode.seed)
+            kept_lengths.append(episode.length)
+            instructions.append(episode.instruction)
+            if log is not None:
+                log(episode=episode.index, seed=episode.seed, success=episode.success, length=episode.length,
+                    kept=len(kept_seeds))
+        state_dim = env.observation_space["state"].shape[0] if "state" in env.observation_space.spaces else 0
+        action_stats = env.action_stats
+        options = dataclasses.asdict(env.options)
+    finally:
+        env.close()
+    if not kept_seeds:
+        raise ValueError(f"the expert for {task_id} succeeded in none of {attempts} attempts; no demos to write")
+    arrays = {name: np.asarray(values, dtype=STEP_ARRAYS[name]) for name, values in rows.items()
+              if name in STEP_ARRAYS}
+    if rows["state"]:
+        arrays["state"] = np.stack(rows["state"]).astype(np.float32)
+    if rows["image"]:
+        arrays["image"] = np.stack(rows["image"]).astype(np.uint8)
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "task_id": task_id,
+        "instruction": instructions[0],
+        "instructions": instructions,
+        "obs_mode": obs_mode,
+        "state_dim": int(state_dim),
+        "image_size": image_size if obs_mode != "state" else None,
+        "action_stats": action_stats,
+        "action_quantiles": {
+            "q01": np.quantile(arrays["action"], 0.01, axis=0).tolist(),
+            "q99": np.quantile(arrays["action"], 0.99, axis=0).tolist(),
+        },
+        "env_options": options,
+        "episode_seeds": kept_seeds,
+        "episode_lengths": kept_lengths,
+        "counts": {"episodes": len(kept_seeds), "steps": int(arrays["action"].shape[0]), "attempts": attempts},
+        "success_rate": successes / attempts,
+        "only_success": only_success,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    return Demos(arrays, meta)
+
+
+def save_demos(demos: Demos, folder: str | Path) -> Path:
+    from safetensors.numpy import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file({name: np.ascontiguousarray(values) for name, values in demos.arrays.items()}, str(folder / ARRAYS_FILE))
+    (folder / META_FILE).write_text(json.dumps(demos.meta, indent=2))
+    return folder
+
+
+def _demos_folder(path: Path) -> Path:
+    """The folder holding the files: ``path`` itself or the ``artifacts/`` of a ``vla-cl demos`` run."""
+    for candidate in (path, path / "artifacts"):
+        if (candidate / META_FILE).exists() or (candidate / ARRAYS_FILE).exists():
+            return candidate
+    return path
+
+
+def load_demos(path: str | Path) -> Demos:
+    """Read and validate a demonstration folder (see the module docstring for the format)."""
+    from safetensors.numpy import load_file
+
+    given = Path(path)
+    if not given.exists():
+        raise ValueError(f"demos path {given} does not exist; create one with `vla-cl demos task=... n=... out_dir=...`")
+    folder = _demos_folder(given)
+    missing = [name for name in (META_FILE, ARRAYS_FILE) if not (folder / name).exists()]
+    if missing:
+        raise ValueError(f"{folder} is not a demos folder: missing {', '.join(missing)} "
+                         f"(expected {META_FILE} and {ARRAYS_FILE}, as `vla-cl demos` writes them)")
+    meta = json.loads((folder / META_FILE).read_text())
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{folder / META_FILE}: format_version {meta.get('format_version')!r}, "
+                         f"this reader understands {FORMAT_VERSION}")
+    arrays = load_file(str(folder / ARRAYS_FILE))
+    validate(arrays, meta, folder)
+    return Demos(arrays, meta)
+
+
+def validate(arrays: dict[str, np.ndarray], meta: dict[str, Any], where: Any = "demos") -> None:
+    """Raise ValueError naming the first problem: missing arrays, wrong shapes/dtypes, an empty set."""
+    absent = [name for name in STEP_ARRAYS if name not in arrays]
+    if absent:
+        raise ValueError(f"{where}: arrays {absent} are missing (have {sorted(arrays)})")
+    n = arrays["action"].shape[0]
+    if n == 0:
+        raise ValueError(f"{where}: the demonstration set is empty (0 steps)")
+    if arrays["action"].shape != (n, 7):
+        raise ValueError(f"{where}: action must have shape (N, 7), got {arrays['action'].shape}")
+    if not np.isfinite(arrays["action"]).all():
+        raise ValueError(f"{where}: action contains NaN or inf")
+    for name, values in arrays.items():
+        if values.shape[0] != n:
+            raise ValueError(f"{where}: {name} has {values.shape[0]} rows, action has {n}")
+        if name in STEP_ARRAYS and values.dtype != STEP_ARRAYS[name]:
+            raise ValueError(f"{where}: {name} must be {np.dtype(STEP_ARRAYS[name])}, got {values.dtype}")
+    if "state" not in arrays and "image" not in arrays:
+        raise ValueError(f"{where}: neither state nor image observations are stored")
+    if "state" in arrays and arrays["state"].shape[1:] != (meta["state_dim"],):
+        raise ValueError(f"{where}: state has shape {arrays['state'].shape}, meta says state_dim {meta['state_dim']}")
+    if "image" in arrays and (arrays["image"].ndim != 4 or arrays["image"].shape[-1] != 3
+                              or arrays["image"].dtype != np.uint8):
+        raise ValueError(f"{where}: image must be (N, H, W, 3) uint8, got {arrays['image'].dtype} {arrays['image'].shape}")
+    episodes = arrays["episode_index"]
+    if episodes[0] != 0 or np.any(np.diff(episodes) < 0) or np.any(np.diff(episodes) > 1):
+        raise ValueError(f"{where}: episode_index must run 0, 0, ..., 1, 1, ... without gaps")
+    if int(episodes[-1]) + 1 != meta["counts"]["episodes"]:
+        raise ValueError(f"{where}: {int(episodes[-1]) + 1} episodes stored, meta counts {meta['counts']['episodes']}")
+
+
+# ---------------------------------------------------------------------- vla-cl demos
+@dataclasses.dataclass
+class DemosConfig(RunConfig):
+    task: str = option("maniskill/PickCube-v1", "task id with a scripted expert (see vla_cl.envs.experts)")
+    n: int = option(20, "episodes to keep")
+    only_success: bool = option(True, "keep only the expert's successful episodes")
+    obs_mode: str = option("state", "observations stored: state, rgb or both")
+    image_size: int = option(128, "side of stored images in pixels (rgb/both)")
+    max_attempts: int | None = option(None, "episodes to try at most (default 3 * n)")
+
+    def __post_init__(self) -> None:
+        require(self.n >= 1, "n", self.n, "an integer >= 1")
+        require_choice("obs_mode", self.obs_mode, OBS_MODES)
+        require(16 <= self.image_size <= 1024, "image_size", self.image_size, "16..1024")
+        if self.max_attempts is not None:
+            require(self.max_attempts >= self.n, "max_attempts", self.max_attempts, f"None or >= n ({self.n})")
+        from vla_cl.envs.experts import make_expert
+
+        get_spec(self.task)  # an unknown id lists the valid ones
+        make_expert(self.task)  # names the tasks that have experts
+
+
+def run(config: DemosConfig, run_dir) -> int:
+    start = time.perf_counter()
+    demos = collect_demos(config.task, config.n, seed=config.seed, obs_mode=config.obs_mode,
+                          image_size=config.image_size, only_success=config.only_success,
+                          max_attempts=config.max_attempts, log=run_dir.log)
+    folder = save_demos(demos, run_dir.artifacts)
+    counts = demos.meta["counts"]
+    summary = {"task": config.task, **counts, "success_rate": demos.meta["success_rate"],
+               "seconds": round(time.perf_counter() - start, 2), "folder": str(folder)}
+    run_dir.write_json("summary.json", summary)
+    print(f"[demos] {config.task}: kept {counts['episodes']} episodes ({counts['steps']} steps) of "
+          f"{counts['attempts']} attempts, expert success {demos.meta['success_rate']:.0%}, in {folder}")
+    return 0 if counts["episodes"] == config.n else 1

@@ -1,0 +1,103 @@
+"""The task registry: every simulated task, under one id scheme, created through one function.
+
+Task ids are ``<suite>/<name>`` (``maniskill/PickCube-v1``, ``simpler/widowx_carrot_on_plate``).
+A task module registers :class:`TaskSpec` entries when imported; :data:`TASK_MODULES` lists those
+modules so that ``list_tasks()`` and ``make()`` import them (and the simulator) only when asked.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from typing import Any, Optional
+
+from vla_cl.config import option, require, require_choice
+
+# Modules that register tasks when imported (lazily, on first lookup).
+TASK_MODULES: list[str] = ["vla_cl.envs.panda", "vla_cl.envs.bridge"]
+
+OBS_MODES = ("state", "rgb", "both")
+OUT_OF_RANGE = ("clip", "refuse")
+
+
+@dataclasses.dataclass
+class EnvOptions:
+    """Options every task accepts (``vla_cl.envs.make(task_id, **options)``)."""
+
+    obs_mode: str = option("state", "what observations carry: state (vector), rgb (image) or both")
+    image_size: int = option(224, "side of the square observation image in pixels (rgb/both)")
+    render_size: Optional[int] = option(None, "side of frames from env.render() (videos); None = no render camera")
+    control_freq: Optional[int] = option(None, "control frequency in Hz where the backend allows; None = task default")
+    max_episode_steps: Optional[int] = option(None, "episode length; None = the task's default")
+    privileged_state: bool = option(True, "append object/goal state to proprioception (for CPU-scale policies)")
+    out_of_range: str = option("clip", "actions outside the action space: clip them or refuse (ValueError)")
+    seed: Optional[int] = option(None, "seed for the first reset when reset() gets none")
+
+    def __post_init__(self) -> None:
+        require_choice("obs_mode", self.obs_mode, OBS_MODES)
+        require_choice("out_of_range", self.out_of_range, OUT_OF_RANGE)
+        require(16 <= self.image_size <= 1024, "image_size", self.image_size, "16..1024")
+        if self.render_size is not None:
+            require(16 <= self.render_size <= 1024, "render_size", self.render_size, "16..1024 or None")
+        if self.control_freq is not None:
+            require(self.control_freq > 0, "control_freq", self.control_freq, "a positive integer or None")
+        if self.max_episode_steps is not None:
+            require(self.max_episode_steps > 0, "max_episode_steps", self.max_episode_steps, "a positive integer")
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskSpec:
+    """What the registry knows about a task before creating it."""
+
+    task_id: str
+    factory: str  # "module:function"; called as factory(spec, options) -> gymnasium.Env
+    backend_id: str  # the simulator's own id, e.g. "PickCube-v1"
+    instruction: str  # the default language instruction (scenes may vary it per episode)
+    max_episode_steps: int
+    assets: tuple[str, ...] = ()  # asset ids the task needs (ManiSkill's download names)
+    description: str = ""
+    extra: tuple[tuple[str, Any], ...] = ()  # task-specific settings the factory reads
+
+
+_REGISTRY: dict[str, TaskSpec] = {}
+_loaded = False
+
+
+def register(spec: TaskSpec) -> TaskSpec:
+    if spec.task_id in _REGISTRY and _REGISTRY[spec.task_id] != spec:
+        raise ValueError(f"task id {spec.task_id!r} is already registered with a different spec")
+    _REGISTRY[spec.task_id] = spec
+    return spec
+
+
+def _load_task_modules() -> None:
+    global _loaded
+    if not _loaded:
+        for module in TASK_MODULES:
+            importlib.import_module(module)
+        _loaded = True
+
+
+def list_tasks(suite: str | None = None) -> list[str]:
+    """All registered task ids, sorted; ``suite`` filters by prefix (``"maniskill"``, ``"simpler"``)."""
+    _load_task_modules()
+    return sorted(t for t in _REGISTRY if suite is None or t.split("/", 1)[0] == suite)
+
+
+def get_spec(task_id: str) -> TaskSpec:
+    _load_task_modules()
+    if task_id not in _REGISTRY:
+        raise ValueError(f"unknown task id {task_id!r}. Valid task ids: {', '.join(list_tasks())}")
+    return _REGISTRY[task_id]
+
+
+def make(task_id: str, **options: Any):
+    """Create a task behind the VLA-convention interface (see :mod:`vla_cl.envs.wrapper`)."""
+    spec = get_spec(task_id)
+    valid = {f.name for f in dataclasses.fields(EnvOptions)}
+    unknown = sorted(set(options) - valid)
+    if unknown:
+        raise ValueError(f"unknown option(s) {unknown} for make({task_id!r}); valid options: {sorted(valid)}")
+    module, _, attr = spec.factory.partition(":")
+    factory = getattr(importlib.import_module(module), attr)
+    return factory(spec, EnvOptions(**options))
