@@ -1,0 +1,176 @@
+"""Benchmark OpenVLAPolicy at full size on a CUDA GPU with random bf16 weights (no download).
+
+    python benchmarks/openvla_gpu.py            # OpenVLA-7B, bf16, CUDA (estimated 35-40 GB of GPU memory)
+    python benchmarks/openvla_gpu.py --tiny     # the same code path on the CPU with toy sizes (smoke test)
+
+Three tables:
+1. Batched action generation (prefill + 6 KV-cached steps, greedy) at batch 1, 8 and 32:
+   seconds per batch, actions/s (one action = 7 tokens), peak memory.
+2. One LoRA training step at batch 8 (rank 32, all linear layers of the LLM, AdamW): a behaviour-cloning
+   loss alone, and the same loss plus KL(pi0 || pi) where pi0's logits come from a second forward with
+   the adapter disabled. Seconds per step and peak memory of each.
+3. Memory: the weights, and what a frozen copy of pi0 would have cost instead of adapter disabling.
+
+The weights are random, so the actions mean nothing; only the cost is measured. Instructions go through a
+character-level stand-in tokenizer (Llama-2's is not shipped), so prompts are ~3x longer than with the
+real one (~80 vs ~25 tokens next to 256 patch tokens): timings err on the slow side. Timings are the best
+of ``--repeats`` runs after one warm-up. Without a CUDA device (and without --tiny) it says so, measures
+nothing and exits with status 0, so that ``make bench`` carries on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
+
+from vla_cl.kl import action_log_probs, forward_kl
+from vla_cl.policies.base import ObsBatch
+from vla_cl.policies.openvla import OpenVLAConfig, OpenVLAPolicy
+from vla_cl.policies.openvla.processing import standin_tokenizer
+
+INSTRUCTIONS = ["put the spoon on the towel", "put carrot on plate", "stack the green block on the yellow block",
+                "put eggplant into yellow basket"]
+# Statistics shaped like bridge_orig's, so that generate() returns un-normalised actions as in use.
+STATS = {"benchmark": {"action": {"q01": [-0.03, -0.04, -0.03, -0.1, -0.1, -0.2, 0.0],
+                                  "q99": [0.03, 0.04, 0.04, 0.1, 0.1, 0.2, 1.0],
+                                  "mask": [True] * 6 + [False]}}}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tiny", "--quick", action="store_true", help="toy sizes on the CPU (smoke test)")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 32], help="generation batch sizes")
+    parser.add_argument("--train-batch", type=int, default=8, help="batch size of the LoRA step")
+    parser.add_argument("--lora-rank", type=int, default=32, help="LoRA rank (alpha = min(rank, 16))")
+    parser.add_argument("--image-size", type=int, default=224, help="side of the input images (224: no resize)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per measurement (best is kept)")
+    parser.add_argument("--seed", type=int, default=0)
+    return parser.parse_args(argv)
+
+
+def print_table(title: str, header: list[str], rows: list[list[str]]) -> None:
+    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows)]
+    line = lambda cells: "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)) + " |"
+    print(f"\n{title}\n{line(header)}\n|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    for row in rows:
+        print(line(row))
+
+
+class Meter:
+    """Wall time (synchronised) and peak allocated memory of a callable on one device."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+
+    def sync(self) -> None:
+        if self.cuda:
+            torch.cuda.synchronize()
+
+    def run(self, fn: Callable[[], object], repeats: int) -> tuple[float, float]:
+        fn()  # warm-up: kernels, allocator, optimizer state
+        self.sync()
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats()
+        best = float("inf")
+        for _ in range(repeats):
+            start = time.perf_counter()
+            fn()
+            self.sync()
+            best = min(best, time.perf_counter() - start)
+        peak = torch.cuda.max_memory_allocated() / 1e9 if self.cuda else float("nan")
+        return best, peak
+
+
+def gb(value: float) -> str:
+    if np.isnan(value):
+        return "n/a (CPU)"
+    return f"{value:.2f} GB" if value >= 1 or value == 0 else f"{value * 1e3:.1f} MB"
+
+
+def batch_of(n: int, image_size: int, generator: torch.Generator) -> ObsBatch:
+    images = torch.randint(0, 256, (n, image_size, image_size, 3), dtype=torch.uint8, generator=generator)
+    return ObsBatch([INSTRUCTIONS[i % len(INSTRUCTIONS)] for i in range(n)], image=images)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    warnings.filterwarnings("ignore", category=FutureWarning)  # deprecation notices from inside peft
+    if args.tiny:
+        device, dtype, config = torch.device("cpu"), torch.float32, OpenVLAConfig.tiny(norm_stats=STATS)
+        text_tokenizer = standin_tokenizer()
+    elif not torch.cuda.is_available():
+        print("no CUDA device, nothing measured: this benchmark measures OpenVLA-7B on a GPU (~40 GB of "
+              "memory). Run it on a CUDA machine, or pass --tiny for the CPU smoke run of the same code.")
+        return 0  # not a failure: `make bench` runs every benchmark on whatever machine it is on
+    else:
+        device, dtype, config = torch.device("cuda"), torch.bfloat16, OpenVLAConfig.full_size(norm_stats=STATS)
+        text_tokenizer = standin_tokenizer()  # stands in for Llama-2's tokenizer; ids 0..103
+    config = dataclasses.replace(config, prompt_suffix_token_id=3)  # the stand-in tokenizer's "▁"
+    meter = Meter(device)
+    generator = torch.Generator().manual_seed(args.seed)
+
+    start = time.perf_counter()
+    policy = OpenVLAPolicy(config, text_tokenizer, torch_dtype=dtype, device=device, seed=args.seed).eval()
+    meter.sync()
+    build_s = time.perf_counter() - start
+    n_params = sum(p.numel() for p in policy.parameters())
+    weights_gb = sum(p.numel() * p.element_size() for p in policy.parameters()) / 1e9
+    print(f"OpenVLAPolicy ({'tiny' if args.tiny else 'full size'}): {n_params:,} parameters, {dtype}, {device}"
+          f"{' (' + torch.cuda.get_device_name() + ')' if device.type == 'cuda' else ''}; "
+          f"random init on the device in {build_s:.1f} s; weights {gb(weights_gb)}")
+
+    rows = []
+    for batch_size in args.batch_sizes:
+        batch = batch_of(batch_size, args.image_size, generator)
+        seconds, peak = meter.run(lambda batch=batch: policy.generate(batch, greedy=True), args.repeats)
+        rows.append([str(batch_size), f"{seconds:.3f}", f"{batch_size / seconds:.1f}", gb(peak)])
+    print_table("Batched action generation (greedy, KV cache)", ["batch", "s/batch", "actions/s", "peak memory (with weights)"], rows)
+
+    trainable = policy.add_lora(rank=args.lora_rank)
+    n_lora = sum(p.numel() for p in trainable)
+    n_lora_bytes = sum(p.numel() * p.element_size() for p in trainable)
+    optimizer = torch.optim.AdamW(trainable, lr=1e-5)
+    batch = batch_of(args.train_batch, args.image_size, generator)
+    support = policy.action_support
+    targets = torch.randint(support.start, support.stop, (args.train_batch, policy.action_dim), generator=generator)
+
+    def step(with_reference: bool) -> None:
+        logits = policy.action_logits(batch, targets)
+        loss = -action_log_probs(logits, targets.to(logits.device), support).mean()
+        if with_reference:
+            with policy.reference():
+                base_logits = policy.action_logits(batch, targets)
+            loss = loss + 0.1 * forward_kl(base_logits, logits, support).mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    policy.train()
+    rows = []
+    for label, with_reference in (("BC loss", False), ("BC + KL(pi0 || pi), pi0 by disable_adapter", True)):
+        seconds, peak = meter.run(lambda flag=with_reference: step(flag), args.repeats)
+        rows.append([label, f"{seconds:.3f}", gb(peak)])
+    print_table(f"LoRA step (batch {args.train_batch}, rank {args.lora_rank}, {n_lora:,} trainable parameters)",
+                ["LoRA step", "s/step", "peak memory (with weights)"], rows)
+
+    base_gb = sum(p.numel() * p.element_size() for n, p in policy.named_parameters() if ".lora_" not in n) / 1e9
+    print_table("Memory of pi0", ["what", "memory"], [
+        ["weights (base + LoRA)", gb(weights_gb + n_lora_bytes / 1e9)],
+        ["pi0 by disabling the adapter (extra weights)", gb(0.0)],
+        ["pi0 as a frozen copy (extra weights, not allocated)", gb(base_gb)],
+    ])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,261 @@
+"""The one interface every policy offers: distributions over discretised action tokens.
+
+A policy maps a batch of observations (instruction, and state and/or image) to logits over action
+tokens, shape (B, D, V): position d is conditioned on the observation and, for autoregressive
+policies, on the action tokens before d (teacher forcing on the tokens given). Everything else the
+updaters and evaluations need (sampling, greedy decoding, log-probs, entropy, continuous actions,
+the reference policy pi0, checkpoints) is built here on top of two abstract methods, so that a tiny
+CPU policy and OpenVLA-7B go through exactly the same code.
+
+Checkpoints: ``save_pretrained`` / ``from_pretrained`` default to the generic format of
+``vla_cl.policies.checkpoint`` (config.json + model.safetensors), which rebuilds a policy as
+``cls(tokenizer=..., **config_dict())``; a policy with a format of its own (OpenVLA's Hugging Face
+layout) overrides both, and ``vla_cl.policies.load_policy`` dispatches to the right class.
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+import dataclasses
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from vla_cl.kl import action_log_probs, log_probs
+from vla_cl.tokenizer import ActionTokenizer
+
+
+@dataclasses.dataclass
+class ObsBatch:
+    """A batch of observations in the VLA convention (see ``vla_cl.envs``)."""
+
+    instruction: list[str]
+    state: torch.Tensor | None = None  # (B, S) float32
+    image: torch.Tensor | None = None  # (B, H, W, 3) uint8
+
+    def __post_init__(self) -> None:
+        n = len(self.instruction)
+        for name in ("state", "image"):
+            value = getattr(self, name)
+            if value is not None and value.shape[0] != n:
+                raise ValueError(f"ObsBatch.{name} has batch size {value.shape[0]}, instruction has {n}")
+        if self.state is not None and not bool(torch.isfinite(self.state).all()):
+            raise ValueError("ObsBatch.state contains NaN or inf")
+        if self.image is not None and self.image.dtype != torch.uint8:
+            raise ValueError(f"ObsBatch.image must be uint8 (B, H, W, 3), got {self.image.dtype}")
+
+    def __len__(self) -> int:
+        return len(self.instruction)
+
+    @classmethod
+    def from_observations(cls, observations: Sequence[Mapping[str, Any]]) -> ObsBatch:
+        """Stack env observations (dicts with ``instruction`` and ``state``/``image``) into a batch."""
+        if not observations:
+            raise ValueError("from_observations needs at least one observation")
+        state = image = None
+        if "state" in observations[0]:
+            state = torch.as_tensor(np.stack([np.asarray(o["state"], np.float32) for o in observations]))
+        if "image" in observations[0]:
+            image = torch.as_tensor(np.stack([np.asarray(o["image"], np.uint8) for o in observations]))
+        return cls([str(o["instruction"]) for o in observations], state, image)
+
+    def select(self, index: Any) -> ObsBatch:
+        """Rows ``index`` (a slice, list or tensor of indices) of the batch."""
+        rows = torch.arange(len(self))[index]
+        rows = rows.reshape(-1).tolist()
+        pick = lambda t: None if t is None else t[rows]
+        return ObsBatch([self.instruction[i] for i in rows], pick(self.state), pick(self.image))
+
+    def to(self, device: torch.device | str) -> ObsBatch:
+        move = lambda t: None if t is None else t.to(device)
+        return ObsBatch(list(self.instruction), move(self.state), move(self.image))
+
+
+def choose_tokens(
+    logits: torch.Tensor, greedy: bool, temperature: float, generator: torch.Generator | None
+) -> torch.Tensor:
+    """Indices into the last dimension of ``logits`` (..., n): the argmax, or one draw from
+    softmax(logits / temperature) per row with ``generator``. Shared by every decoding loop so that
+    cached and uncached decoders sample identically."""
+    logits = logits.float()
+    if greedy:
+        return logits.argmax(-1)
+    probs = torch.softmax(logits / temperature, dim=-1)
+    if generator is not None:  # multinomial draws on the generator's device
+        probs = probs.to(generator.device)
+    flat = torch.multinomial(probs.reshape(-1, probs.shape[-1]), 1, generator=generator)
+    return flat.reshape(probs.shape[:-1]).to(logits.device)
+
+
+@dataclasses.dataclass
+class ActionSample:
+    """What ``Policy.generate`` returns for a batch."""
+
+    tokens: torch.Tensor  # (B, D) vocabulary ids of the action tokens
+    log_probs: torch.Tensor  # (B, D) log pi(token_d | obs, tokens_<d) over the action support
+    normalized: np.ndarray  # (B, D) actions in [-1, 1] (bin centres)
+    actions: np.ndarray  # (B, D) actions in the environment's units (un-normalised with the policy's stats)
+
+
+class Policy(nn.Module, abc.ABC):
+    """Base class of every policy. Subclasses implement ``action_logits`` and ``config_dict``.
+
+    Class attributes: ``name`` (registry name), ``autoregressive`` (position d depends on tokens < d).
+    Instance attributes: ``tokenizer`` (an ActionTokenizer carrying the action statistics) and
+    ``action_dim`` (D).
+    """
+
+    name: ClassVar[str] = ""
+    autoregressive: ClassVar[bool] = False
+
+    def __init__(self, tokenizer: ActionTokenizer, action_dim: int):
+        super().__init__()
+        self.tokenizer = tokenizer
+        self.action_dim = int(action_dim)
+        self._reference_params: dict[str, torch.Tensor] | None = None
+
+    # ------------------------------------------------------------------ what a policy must provide
+
+    @abc.abstractmethod
+    def action_logits(self, obs: ObsBatch, tokens: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits (B, D, V) over the policy's vocabulary. ``tokens`` (B, D) are the action tokens to
+        teacher-force on; autoregressive policies need them (position d sees tokens < d), others ignore them."""
+
+    @abc.abstractmethod
+    def config_dict(self) -> dict[str, Any]:
+        """The JSON-serialisable constructor arguments (without the tokenizer), for checkpoints."""
+
+    # ------------------------------------------------------------------ optional capabilities
+
+    @property
+    def has_value_head(self) -> bool:
+        return False
+
+    def value(self, obs: ObsBatch) -> torch.Tensor:
+        """State value V(obs), shape (B,), for PPO. Only policies with a value head provide it."""
+        raise NotImplementedError(f"policy {self.name!r} has no value head; choose one with value_head=True")
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+    # ------------------------------------------------------------------ pi0
+
+    def mark_reference(self) -> None:
+        """Remember the current weights as pi0 (a frozen copy) for ``reference()``.
+
+        Call it once the policy is pi0: after any change of architecture (e.g. a new instruction's
+        words) and before the first fine-tuning step. Policies with adapters override ``reference()``
+        to disable the adapter instead and never copy.
+        """
+        frozen: dict[int, torch.Tensor] = {}  # tied parameters share one copy
+        reference = {}
+        for name, param in self.named_parameters(remove_duplicate=False):
+            if id(param) not in frozen:
+                frozen[id(param)] = param.detach().clone()
+            reference[name] = frozen[id(param)]
+        self._reference_params = reference
+
+    @contextlib.contextmanager
+    def reference(self) -> Iterator[Policy]:
+        """A context in which this same object computes pi0 (gradients off).
+
+        The frozen tensors are swapped in for the parameter objects and the originals put back after;
+        no parameter is written in place, so a loss built from pi's forward before the context can
+        still be backpropagated after it (an in-place copy would bump the parameters' versions and
+        break that graph), and no weights are copied per call.
+        """
+        if self._reference_params is None:
+            raise RuntimeError("no reference policy: call mark_reference() before fine-tuning")
+        reference = self._reference_params
+        slots = list(self.named_parameters(remove_duplicate=False))
+        changed = [name for name, p in slots if name not in reference or reference[name].shape != p.shape]
+        changed += sorted(set(reference) - {name for name, _ in slots})
+        if changed:
+            raise RuntimeError(
+                f"the parameters changed since mark_reference() (first few: {changed[:5]}); call "
+                "mark_reference() again after changing the architecture (e.g. after add_instruction)"
+            )
+        originals = []
+        for name, param in slots:
+            owner, _, leaf = name.rpartition(".")
+            module = self.get_submodule(owner)
+            originals.append((module, leaf, module._parameters[leaf]))
+            module._parameters[leaf] = reference[name].to(param)  # no-op unless the policy was moved
+        try:
+            with torch.no_grad():
+                yield self
+        finally:
+            for module, leaf, param in originals:
+                module._parameters[leaf] = param
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def save_pretrained(self, folder: str | Path, metadata: Mapping[str, Any] | None = None) -> Path:
+        """Write a checkpoint folder that ``vla_cl.policies.load_policy`` reads back (generic format,
+        written atomically; ``metadata`` is any JSON-serialisable mapping stored beside the config)."""
+        from vla_cl.policies.checkpoint import write_checkpoint
+
+        return write_checkpoint(self, folder, metadata)
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path) -> Policy:
+        """Read a checkpoint written by ``save_pretrained`` (validated; never unpickles)."""
+        from vla_cl.policies.checkpoint import read_checkpoint
+
+        return read_checkpoint(folder, cls)
+
+    # ------------------------------------------------------------------ built on action_logits
+
+    @property
+    def action_support(self) -> range:
+        return self.tokenizer.bin_ids
+
+    def log_probs(self, obs: ObsBatch, tokens: torch.Tensor) -> torch.Tensor:
+        """log pi(tokens_d | obs, tokens_<d), shape (B, D), normalised over the action tokens."""
+        return action_log_probs(self.action_logits(obs, tokens), tokens, self.action_support)
+
+    def entropy(self, obs: ObsBatch, tokens: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-position entropy (B, D) of the action-token distribution (teacher-forced on ``tokens``)."""
+        logp = log_probs(self.action_logits(obs, tokens), self.action_support)
+        return -(logp.exp() * logp).sum(-1)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        obs: ObsBatch,
+        greedy: bool = False,
+        temperature: float = 1.0,
+        generator: torch.Generator | None = None,
+    ) -> ActionSample:
+        """Sample (or take the argmax of) action tokens, restricted to the action support.
+
+        Autoregressive policies decode position by position; subclasses with a KV cache override
+        ``_decode_tokens`` to avoid recomputing the prefix.
+        """
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0 (use greedy=True for argmax), got {temperature}")
+        tokens = self._decode_tokens(obs, greedy, temperature, generator)
+        logp = self.log_probs(obs, tokens)
+        normalized = self.tokenizer.decode(tokens.cpu().numpy())
+        actions = self.tokenizer.unnormalize(normalized) if self.tokenizer.stats is not None else normalized
+        return ActionSample(tokens, logp, normalized, np.asarray(actions, np.float32))
+
+    def _decode_tokens(
+        self, obs: ObsBatch, greedy: bool, temperature: float, generator: torch.Generator | None
+    ) -> torch.Tensor:
+        support = self.action_support
+        tokens = torch.full((len(obs), self.action_dim), support.start, dtype=torch.long)
+        positions = range(self.action_dim) if self.autoregressive else [slice(None)]
+        for d in positions:
+            logits = self.action_logits(obs, tokens)[:, d, support.start : support.stop]
+            tokens[:, d] = choose_tokens(logits, greedy, temperature, generator) + support.start
+        return tokens
+
+    def act(self, obs: ObsBatch, greedy: bool = False, **kwargs: Any) -> np.ndarray:
+        """Continuous actions (B, D) for the environment."""
+        return self.generate(obs, greedy=greedy, **kwargs).actions
