@@ -32,5 +32,5 @@ def require_choice(field: str, value: Any, choices: Iterable[Any]) -> None:
 class RunConfig:
     """Fields every command accepts."""
 
-    out_dir: Optional[str] = option(None, "run directory (default: runs/<command>/<timestamp>)")
+    out_dir: Optional[str] = option(None, "run directory; None means runs/<command>/<timestamp>")
     seed: int = option(0, "random seed for everything the run draws")
