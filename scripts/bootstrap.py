@@ -10,7 +10,7 @@ it (the Vulkan driver is unpacked into the venv, not installed system-wide).
 Environment knobs (all optional):
   TORCH_SPEC     pip requirement(s) for torch installed before the package, default "torch==2.13.0".
                  Users with a CUDA build already in the venv can set TORCH_SPEC=skip.
-  VLA_CL_EXTRAS  package extras to install, default "llm,test".
+  VLA_CL_EXTRAS  package extras to install, default "llm,parity,test".
   VLA_CL_VULKAN  "auto" (default), "skip" (never touch Vulkan), or "private" (always unpack lavapipe).
 """
 
@@ -31,6 +31,10 @@ STAMP = VENV / ".vla-cl-setup.json"
 VULKAN_DIR = VENV / "vulkan"
 ICD_JSON = VULKAN_DIR / "lvp_icd.json"
 DEFAULT_TORCH_SPEC = "torch==2.13.0"
+DEFAULT_EXTRAS = "llm,parity,test"
+# Data-only packages whose declared dependencies are not needed (and would be heavy): installed with
+# --no-deps when their extra is selected.
+NO_DEPS_PACKAGES = {"parity": ["animal-mnist==0.4"]}
 MIN_PYTHON = (3, 10)
 
 # Mesa 25 lavapipe from Debian bookworm-backports: Mesa 22 (bookworm) lacks
@@ -138,6 +142,10 @@ def ensure_package(extras: str) -> None:
     target = f"{ROOT}[{extras}]" if extras else str(ROOT)
     log(f"installing vla-cl in editable mode with extras [{extras}]")
     pip("install", "-e", target, what="installing vla-cl and its dependencies")
+    selected = {e.strip() for e in extras.split(",")}
+    data_only = [pkg for extra, pkgs in NO_DEPS_PACKAGES.items() if extra in selected for pkg in pkgs]
+    if data_only:
+        pip("install", "--no-deps", *data_only, what=f"installing data packages {' '.join(data_only)}")
 
 
 # --------------------------------------------------------------------------- Vulkan
@@ -280,7 +288,7 @@ def check_installation() -> None:
 
 def main() -> int:
     torch_spec = os.environ.get("TORCH_SPEC", DEFAULT_TORCH_SPEC).strip() or DEFAULT_TORCH_SPEC
-    extras = os.environ.get("VLA_CL_EXTRAS", "llm,test").strip()
+    extras = os.environ.get("VLA_CL_EXTRAS", DEFAULT_EXTRAS).strip()
     vulkan_mode = os.environ.get("VLA_CL_VULKAN", "auto").strip()
     try:
         check_python()

@@ -39,7 +39,7 @@ def test_second_run_on_a_set_up_machine_only_reads_the_stamp(boot, monkeypatch, 
     monkeypatch.setenv("VLA_CL_VULKAN", "skip")
     monkeypatch.delenv("TORCH_SPEC", raising=False)
     monkeypatch.delenv("VLA_CL_EXTRAS", raising=False)
-    stamp = boot.fingerprint(boot.DEFAULT_TORCH_SPEC, "llm,test", "skip")
+    stamp = boot.fingerprint(boot.DEFAULT_TORCH_SPEC, boot.DEFAULT_EXTRAS, "skip")
     boot.STAMP.write_text(json.dumps({"fingerprint": stamp, "torch": "2.x", "vulkan": "skipped"}))
     _forbid_commands(boot, monkeypatch)
     assert boot.main() == 0
@@ -47,8 +47,8 @@ def test_second_run_on_a_set_up_machine_only_reads_the_stamp(boot, monkeypatch, 
 
 
 def test_changed_pyproject_or_options_invalidate_the_stamp(boot):
-    a = boot.fingerprint("torch==2.13.0", "llm,test", "auto")
-    assert a != boot.fingerprint("torch==2.14.1", "llm,test", "auto")
+    a = boot.fingerprint("torch==2.13.0", boot.DEFAULT_EXTRAS, "auto")
+    assert a != boot.fingerprint("torch==2.14.1", boot.DEFAULT_EXTRAS, "auto")
     assert a != boot.fingerprint("torch==2.13.0", "test", "auto")
 
 

@@ -43,3 +43,18 @@ def test_artifact_paths_create_parents(tmp_path):
     run = RunDir.open(tmp_path / "r", "demo", Cfg(str(tmp_path / "r")))
     target = run.artifact("plots/a.png")
     assert target.parent.is_dir() and target.parent.parent == run.artifacts
+
+
+@dataclasses.dataclass
+class ExecCfg:
+    out_dir: str
+    workers: int = dataclasses.field(default=2, metadata={"affects_results": False})
+    lr: float = 1e-3
+
+
+def test_execution_only_keys_may_change_on_resume(tmp_path):
+    path = tmp_path / "r"
+    RunDir.open(path, "demo", ExecCfg(str(path), workers=2))
+    RunDir.open(path, "demo", ExecCfg(str(path), workers=8))
+    with pytest.raises(RunDirConflict, match="lr"):
+        RunDir.open(path, "demo", ExecCfg(str(path), workers=8, lr=0.5))

@@ -10,11 +10,28 @@ import dataclasses
 from typing import Any, Iterable, Optional
 
 
-def option(default: Any, help: str) -> Any:  # noqa: A002 (mirrors argparse's vocabulary)
-    """A dataclass field with a default and a help line; mutable defaults are copied per instance."""
+def option(default: Any, help: str, affects_results: bool = True) -> Any:  # noqa: A002 (argparse's word)
+    """A dataclass field with a default and a help line; mutable defaults are copied per instance.
+
+    ``affects_results=False`` marks execution-only settings (worker counts, progress bars): a run may be
+    resumed with a different value for them.
+    """
+    metadata = {"help": help, "affects_results": affects_results}
     if isinstance(default, (list, dict, set)):
-        return dataclasses.field(default_factory=lambda: type(default)(default), metadata={"help": help})
-    return dataclasses.field(default=default, metadata={"help": help})
+        return dataclasses.field(default_factory=lambda: type(default)(default), metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def execution_only_keys(config: Any, prefix: str = "") -> set[str]:
+    """Dotted names of the fields of a config dataclass (nested ones too) marked ``affects_results=False``."""
+    keys: set[str] = set()
+    if not dataclasses.is_dataclass(config):
+        return keys
+    for field in dataclasses.fields(config):
+        if not field.metadata.get("affects_results", True):
+            keys.add(prefix + field.name)
+        keys |= execution_only_keys(getattr(config, field.name), f"{prefix}{field.name}.")
+    return keys
 
 
 def require(condition: bool, field: str, value: Any, allowed: str) -> None:
@@ -32,5 +49,7 @@ def require_choice(field: str, value: Any, choices: Iterable[Any]) -> None:
 class RunConfig:
     """Fields every command accepts."""
 
-    out_dir: Optional[str] = option(None, "run directory; None means runs/<command>/<timestamp>")
+    out_dir: Optional[str] = option(
+        None, "run directory; None means runs/<command>/<timestamp>", affects_results=False
+    )
     seed: int = option(0, "random seed for everything the run draws")

@@ -10,6 +10,7 @@ Layout of a run directory::
 
 Re-running a command with the same ``out_dir`` and the same config continues in that directory
 (commands that can resume do so); a different config is refused so that no result is overwritten.
+Execution-only settings (fields declared with ``affects_results=False``, e.g. worker counts) may differ.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from vla_cl.config import execution_only_keys
 
 
 class RunDirConflict(ValueError):
@@ -92,7 +95,8 @@ class RunDir:
             previous = yaml.safe_load(config_file.read_text()) or {}
             meta_file = run.path / "meta.json"
             previous_command = json.loads(meta_file.read_text()).get("command") if meta_file.exists() else command
-            changed = [k for k in _diff_keys(previous, resolved) if k != "out_dir"]
+            free = execution_only_keys(config) | {"out_dir"}
+            changed = [k for k in _diff_keys(previous, resolved) if k not in free]
             if previous_command != command or changed:
                 what = f"command {previous_command!r}" if previous_command != command else f"keys {changed[:8]}"
                 raise RunDirConflict(
