@@ -91,6 +91,14 @@ def _check_override_keys(command: str, cls: type, overrides: list[str]) -> None:
             raise ConfigError(f"unknown config key '{key}' for '{command}'. Valid keys: {', '.join(choices)}.")
 
 
+def _group_override(command: str, override: str, groups: dict[str, list[str]]) -> str:
+    """``preset=quick`` -> ``+<command>/preset=quick``: hydra names a group by its path under configs/, and
+    appending it puts it after ``_self_``, so the preset's values win over ``configs/<command>.yaml``."""
+    key, _, value = override.partition("=")
+    bare = key.lstrip("+~")
+    return f"+{command}/{bare}={value}" if bare in groups else override
+
+
 def compose(command: str, cls: type, overrides: list[str]) -> Any:
     """Compose ``configs/<command>.yaml`` (if any) over the dataclass defaults and apply overrides.
 
@@ -104,6 +112,7 @@ def compose(command: str, cls: type, overrides: list[str]) -> Any:
     from omegaconf.errors import OmegaConfBaseException
 
     _check_override_keys(command, cls, overrides)
+    overrides = [_group_override(command, o, config_groups(command)) for o in overrides]
     schema = f"{command}_schema"
     ConfigStore.instance().store(name=schema, node=cls)
     root = config_dir()

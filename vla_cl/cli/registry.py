@@ -58,6 +58,19 @@ COMMANDS: dict[str, Command] = {
             "vla_cl.envs.video:run",
         ),
         Command(
+            "parity",
+            "ParityMNIST mechanism track: RL vs SFT forgetting, the forward-KL law and the predictor table.",
+            "vla_cl.parity.command:ParityConfig",
+            "vla_cl.parity.command:run",
+        ),
+        Command(
+            "train",
+            "Fine-tune a policy on a task with an updater (ppo, reinforce, grpo, sft, sft_kl, rft, oracle_sft, "
+            "distill).",
+            "vla_cl.updaters.command:TrainConfig",
+            "vla_cl.updaters.command:run",
+        ),
+        Command(
             "razor",
             "The main job: the RL's Razor experiment on the embedded default (runs what is built so far).",
             "vla_cl.razor:RazorConfig",

@@ -1,0 +1,369 @@
+"""Pure loss functions shared by every fine-tuning loop: policy gradient (REINFORCE / GRPO), SFT cross-entropy
+with hard or soft targets, an explicit KL(pi0 || pi) penalty, and PPO's actor-critic terms (clipped
+surrogate on action log-probs, clipped or plain value regression, entropy bonus).
+
+Shapes. ``logits`` hold one categorical distribution per leading index: (..., V) for a plain classifier, or
+action-token logits (B, D, V) for a policy emitting D tokens per action. Actions/targets given as token ids
+have shape ``logits.shape[:-1]`` and live in vocabulary space (e.g. OpenVLA's 31744..31999); ``support``
+picks the columns a distribution is normalised over, exactly as in ``vla_cl.kl`` ("action": the action
+slice for OpenVLA-width logits, every column for a small own vocabulary). ``mask`` (bool, same shape as
+the ids) switches positions off, e.g. padded or unused action dimensions.
+
+Reductions. ``"token_mean"`` averages over every unmasked position (each token weighs the same);
+``"sequence_mean"`` needs (..., D) positions, sums over the last one (the D tokens of one action: the
+action's log-probability or KL, by the chain rule) and averages over the rest.
+
+Every function returns a dict of named terms: differentiable scalars named ``loss_<term>``, detached
+diagnostics under other names, and their sum under ``loss``. ``combine`` merges several such dicts (e.g.
+GRPO's policy term with a KL penalty) and recomputes the total, so a loop sums and logs them uniformly.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from vla_cl.kl import action_log_probs, forward_kl
+from vla_cl.kl.divergences import Support, compute_dtype, resolve_support
+
+REDUCTIONS = ("token_mean", "sequence_mean")
+Terms = dict[str, torch.Tensor]
+
+
+def _check_mask(mask: torch.Tensor | None, shape: torch.Size) -> None:
+    if mask is None:
+        return
+    if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
+        raise ValueError(f"mask must be a bool tensor, got {getattr(mask, 'dtype', type(mask).__name__)}")
+    if mask.shape != shape:
+        raise ValueError(
+            f"mask must have shape {tuple(shape)} (the logits without the vocabulary), got {tuple(mask.shape)}"
+        )
+    if not bool(mask.any()):
+        raise ValueError("mask selects no position: the loss would be 0/0")
+
+
+def reduce_positions(values: torch.Tensor, mask: torch.Tensor | None, reduction: str) -> torch.Tensor:
+    """Average per-position ``values`` over unmasked positions (see the module docstring)."""
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    _check_mask(mask, values.shape)
+    weights = torch.ones_like(values) if mask is None else mask.to(values.dtype)
+    if reduction == "token_mean":
+        return (values * weights).sum() / weights.sum()
+    if values.ndim < 2:
+        raise ValueError(
+            f"reduction='sequence_mean' needs positions (..., D), got values of shape {tuple(values.shape)}"
+        )
+    return (values * weights).sum(-1).mean()
+
+
+def _total(terms: Terms) -> Terms:
+    losses = [value for name, value in terms.items() if name.startswith("loss_")]
+    if not losses:
+        raise ValueError(f"no loss_* term among {sorted(terms)}")
+    return {**terms, "loss": torch.stack([value.reshape(()) for value in losses]).sum()}
+
+
+def combine(*parts: Terms) -> Terms:
+    """Merge loss dicts (each from a function here) into one whose ``loss`` is the sum of every ``loss_*``."""
+    merged: Terms = {}
+    for part in parts:
+        for name, value in part.items():
+            if name == "loss":
+                continue
+            if name in merged:
+                raise ValueError(f"term {name!r} appears twice; give the parts distinct names")
+            merged[name] = value
+    return _total(merged)
+
+
+# ----------------------------------------------------------------------------------------- advantages
+
+
+def group_advantages(rewards: torch.Tensor, eps: float = 1e-6, scale: bool = True) -> torch.Tensor:
+    """GRPO advantages. ``rewards`` (..., G) hold G sampled actions' rewards for the same input; each is
+    compared with its group: (r - mean_G) / (std_G + eps), std over the group with ddof=0 (so a group with
+    rewards {0, 1} in equal numbers gets advantages of exactly +-1). ``scale=False`` keeps r - mean_G
+    (Dr. GRPO). A group whose rewards are all equal gets zero advantages: it carries no signal."""
+    if not isinstance(rewards, torch.Tensor) or not rewards.is_floating_point() or rewards.ndim == 0:
+        raise ValueError(
+            f"rewards must be a float tensor of shape (..., G), got {getattr(rewards, 'shape', rewards)!r}"
+        )
+    if rewards.shape[-1] < 2:
+        raise ValueError(
+            f"a group needs G >= 2 samples per input, got rewards of shape {tuple(rewards.shape)}"
+        )
+    if not bool(torch.isfinite(rewards).all()):
+        raise ValueError("rewards must be finite")
+    centred = rewards - rewards.mean(-1, keepdim=True)
+    if not scale:
+        return centred
+    return centred / (rewards.std(-1, unbiased=False, keepdim=True) + eps)
+
+
+def baseline_advantages(
+    rewards: torch.Tensor,
+    baseline: torch.Tensor | float | None = None,
+    mask: torch.Tensor | None = None,
+    scale: bool = False,
+    eps: float = 1e-6,
+) -> torch.Tensor:
+    """REINFORCE with a baseline: r - b, where b is ``baseline`` (a running mean, a value estimate, ...) or,
+    by default, the mean reward of the (masked) batch. ``scale=True`` also divides by the batch's reward
+    std (ddof=0): reward normalisation, which makes the step size independent of the reward's units."""
+    if not isinstance(rewards, torch.Tensor) or not rewards.is_floating_point():
+        raise ValueError(f"rewards must be a float tensor, got {type(rewards).__name__}")
+    if not bool(torch.isfinite(rewards).all()):
+        raise ValueError("rewards must be finite")
+    _check_mask(mask, rewards.shape)
+    weights = torch.ones_like(rewards) if mask is None else mask.to(rewards.dtype)
+    count = weights.sum()
+    mean = (rewards * weights).sum() / count
+    centred = rewards - (mean if baseline is None else baseline)
+    if scale:
+        std = torch.sqrt((((rewards - mean) ** 2) * weights).sum() / count)
+        centred = centred / (std + eps)
+    return centred * weights
+
+
+# ----------------------------------------------------------------------------------------- losses
+
+
+def policy_gradient_loss(
+    logits: torch.Tensor,
+    actions: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    old_log_probs: torch.Tensor | None = None,
+    clip_eps: float = 0.2,
+    reduction: str = "token_mean",
+    support: Support = "action",
+) -> Terms:
+    """Policy-gradient loss for sampled ``actions`` (token ids, shape ``logits.shape[:-1]``).
+
+    ``advantages`` has a prefix of the ids' shape (e.g. (B,) or (B, G) for (B, G, D) ids: one advantage per
+    action, shared by its D tokens) or their full shape. Without ``old_log_probs`` this is REINFORCE/GRPO
+    for one update on freshly sampled actions: -A log pi(a). With ``old_log_probs`` (log pi_old(a) per
+    position, detached) it is PPO/GRPO's clipped surrogate -min(rho A, clip(rho, 1 -+ eps) A) with
+    rho = pi(a) / pi_old(a), for several updates on the same samples; both have the same gradient while
+    pi == pi_old. Terms: ``loss_policy``; diagnostics ``log_prob`` (mean) and, when clipping,
+    ``clip_fraction``."""
+    log_probs = action_log_probs(logits, actions, support)
+    _check_mask(mask, log_probs.shape)
+    if not isinstance(advantages, torch.Tensor) or advantages.shape != log_probs.shape[: advantages.ndim]:
+        raise ValueError(
+            f"advantages must have a prefix of shape {tuple(log_probs.shape)}, got {tuple(getattr(advantages, 'shape', ()))}"
+        )
+    advantages = advantages.detach().to(log_probs.dtype)
+    advantages = advantages.reshape(advantages.shape + (1,) * (log_probs.ndim - advantages.ndim))
+    terms: Terms = {}
+    if old_log_probs is None:
+        surrogate = advantages * log_probs
+    else:
+        if old_log_probs.shape != log_probs.shape:
+            raise ValueError(
+                f"old_log_probs must have shape {tuple(log_probs.shape)}, got {tuple(old_log_probs.shape)}"
+            )
+        if not 0.0 < clip_eps < 1.0:
+            raise ValueError(f"clip_eps must lie in (0, 1), got {clip_eps!r}")
+        ratio = torch.exp(log_probs - old_log_probs.detach().to(log_probs.dtype))
+        clipped = ratio.clamp(1.0 - clip_eps, 1.0 + clip_eps)
+        surrogate = torch.minimum(ratio * advantages, clipped * advantages)
+        outside = ((ratio - 1.0).abs() > clip_eps).to(log_probs.dtype)
+        terms["clip_fraction"] = reduce_positions(outside, mask, "token_mean").detach()
+    terms["loss_policy"] = -reduce_positions(surrogate, mask, reduction)
+    terms["log_prob"] = reduce_positions(log_probs.detach(), mask, "token_mean")
+    return _total(terms)
+
+
+def _soft_targets(targets: torch.Tensor, n_support: int, shape: torch.Size) -> None:
+    if targets.shape != shape + (n_support,):
+        raise ValueError(
+            f"soft targets must have shape {tuple(shape) + (n_support,)} (a distribution over the {n_support} "
+            f"support columns per position), got {tuple(targets.shape)}"
+        )
+    if not bool(torch.isfinite(targets).all()) or bool((targets < 0).any()):
+        raise ValueError("soft targets must be finite and non-negative")
+    sums = targets.sum(-1)
+    if not torch.allclose(sums, torch.ones_like(sums), atol=1e-4):
+        worst = float((sums - 1).abs().max())
+        raise ValueError(f"soft targets must sum to 1 over the support, got a row off by {worst:.3g}")
+
+
+def sft_loss(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    reduction: str = "token_mean",
+    support: Support = "action",
+    name: str = "sft",
+) -> Terms:
+    """Cross-entropy of ``logits`` against ``targets``: token ids (shape ``logits.shape[:-1]``, hard labels:
+    SFT/BC on demonstrations) or a float distribution over the support columns per position (shape
+    ``logits.shape[:-1] + (n_support,)``: -sum_v q_v log pi_v, whose gradient is that of KL(q || pi); oracle
+    SFT and distillation from a teacher). Term ``loss_<name>`` (``name="bc"`` for behaviour cloning)."""
+    if targets.is_floating_point():
+        columns = resolve_support(support, logits.shape[-1])
+        _soft_targets(targets, columns.stop - columns.start, logits.shape[:-1])
+        log_probs = torch.log_softmax(logits[..., columns].to(compute_dtype(logits.dtype)), dim=-1)
+        # 0 * log 0 = 0: columns the target never uses contribute nothing even where pi assigns them -inf.
+        per_position = -torch.where(
+            targets > 0, targets.to(log_probs.dtype) * log_probs, torch.zeros_like(log_probs)
+        ).sum(-1)
+    else:
+        per_position = -action_log_probs(logits, targets, support)
+    if not bool(torch.isfinite(per_position).all()):
+        raise ValueError("logits give a non-finite cross-entropy (NaN/inf logits, or -inf on a target label)")
+    return _total({f"loss_{name}": reduce_positions(per_position, mask, reduction)})
+
+
+def kl_penalty_loss(
+    base_logits: torch.Tensor,
+    logits: torch.Tensor,
+    coef: float,
+    mask: torch.Tensor | None = None,
+    reduction: str = "token_mean",
+    support: Support = "action",
+) -> Terms:
+    """``coef`` * KL(pi0 || pi), computed exactly over the support per position (no sampled k1/k3 estimate:
+    with a few hundred action tokens the exact sum is cheap and has no variance). pi0's logits are
+    detached. Terms: ``loss_kl``; diagnostic ``kl`` (the unweighted KL)."""
+    if not coef >= 0.0:
+        raise ValueError(f"coef must be >= 0, got {coef!r}")
+    kl = reduce_positions(forward_kl(base_logits.detach(), logits, support), mask, reduction)
+    return _total({"loss_kl": coef * kl, "kl": kl.detach()})
+
+
+# ----------------------------------------------------------------------------------------- actor-critic (PPO)
+
+
+def _check_like(name: str, tensor: torch.Tensor, shape: torch.Size) -> None:
+    if not isinstance(tensor, torch.Tensor) or not tensor.is_floating_point() or tensor.shape != shape:
+        raise ValueError(
+            f"{name} must be a float tensor of shape {tuple(shape)}, got "
+            f"{getattr(tensor, 'dtype', type(tensor).__name__)} {tuple(getattr(tensor, 'shape', ()))}"
+        )
+
+
+def ppo_policy_loss(
+    log_probs: torch.Tensor,
+    old_log_probs: torch.Tensor,
+    advantages: torch.Tensor,
+    clip_eps: float = 0.2,
+    mask: torch.Tensor | None = None,
+) -> Terms:
+    """PPO's clipped surrogate on the log-probabilities of the actions taken.
+
+    ``log_probs`` (any shape, differentiable): log pi(a|s) under the current policy; ``old_log_probs`` and
+    ``advantages`` (same shape): log pi_old(a|s) under the policy that collected the data, and the
+    advantages (both detached here). For actions of D tokens pass each action's summed token log-probs,
+    so that the ratio is the whole action's, pi(a|s) / pi_old(a|s) (``policy_gradient_loss`` with
+    ``old_log_probs`` clips each token's ratio instead).
+
+    loss_policy = -mean(min(rho A, clip(rho, 1 - eps, 1 + eps) A)) with rho = exp(log_probs - old_log_probs).
+    Diagnostics (detached means): ``approx_kl`` = (rho - 1) - log rho, a non-negative and unbiased
+    estimate of KL(pi_old || pi) from these samples; ``clip_fraction``: share of |rho - 1| > eps;
+    ``ratio``: mean rho.
+    """
+    if not isinstance(log_probs, torch.Tensor) or not log_probs.is_floating_point():
+        raise ValueError(f"log_probs must be a float tensor, got {type(log_probs).__name__}")
+    _check_like("old_log_probs", old_log_probs, log_probs.shape)
+    _check_like("advantages", advantages, log_probs.shape)
+    if not 0.0 < clip_eps < 1.0:
+        raise ValueError(f"clip_eps must lie in (0, 1), got {clip_eps!r}")
+    dtype = compute_dtype(log_probs.dtype)
+    log_ratio = log_probs.to(dtype) - old_log_probs.detach().to(dtype)
+    ratio = torch.exp(log_ratio)
+    advantages = advantages.detach().to(dtype)
+    surrogate = torch.minimum(ratio * advantages, ratio.clamp(1.0 - clip_eps, 1.0 + clip_eps) * advantages)
+    with torch.no_grad():
+        approx_kl = reduce_positions((ratio - 1.0) - log_ratio, mask, "token_mean")
+        clipped = ((ratio - 1.0).abs() > clip_eps).to(dtype)
+        clip_fraction = reduce_positions(clipped, mask, "token_mean")
+        mean_ratio = reduce_positions(ratio, mask, "token_mean")
+    return _total(
+        {
+            "loss_policy": -reduce_positions(surrogate, mask, "token_mean"),
+            "approx_kl": approx_kl,
+            "clip_fraction": clip_fraction,
+            "ratio": mean_ratio,
+        }
+    )
+
+
+def value_loss(
+    values: torch.Tensor,
+    returns: torch.Tensor,
+    old_values: torch.Tensor | None = None,
+    clip_eps: float | None = None,
+    coef: float = 0.5,
+    mask: torch.Tensor | None = None,
+) -> Terms:
+    """The critic's regression loss: ``coef`` * mean(1/2 (V - R)^2) (the 1/2 of most PPO code, so value
+    coefficients carry over), ``values`` V(s) differentiable, ``returns`` R detached targets.
+
+    With ``clip_eps`` (which needs ``old_values``, the critic's values when the data was collected), each
+    term is PPO2's pessimistic 1/2 max((V - R)^2, (V_old + clip(V - V_old, -eps, eps) - R)^2): the value
+    cannot profit from moving more than eps away from V_old in one batch of updates.
+    Terms: ``loss_value``; diagnostics ``value_error`` (mean (V - R)^2, unclipped, unweighted) and
+    ``explained_variance`` = 1 - Var[R - V] / Var[R] (NaN when the returns do not vary).
+    """
+    if not isinstance(values, torch.Tensor) or not values.is_floating_point():
+        raise ValueError(f"values must be a float tensor, got {type(values).__name__}")
+    _check_like("returns", returns, values.shape)
+    if not coef >= 0.0:
+        raise ValueError(f"coef must be >= 0, got {coef!r}")
+    dtype = compute_dtype(values.dtype)
+    values, returns = values.to(dtype), returns.detach().to(dtype)
+    squared = (values - returns) ** 2
+    if clip_eps is None:
+        per_position = squared
+    else:
+        if old_values is None:
+            raise ValueError("clip_eps needs old_values (the values the data was collected with)")
+        _check_like("old_values", old_values, values.shape)
+        if not clip_eps > 0.0:
+            raise ValueError(f"clip_eps must be > 0 (or None for no clipping), got {clip_eps!r}")
+        old = old_values.detach().to(dtype)
+        clipped = old + (values - old).clamp(-clip_eps, clip_eps)
+        per_position = torch.maximum(squared, (clipped - returns) ** 2)
+    with torch.no_grad():
+        error = reduce_positions(squared, mask, "token_mean")
+        weights = torch.ones_like(returns) if mask is None else mask.to(dtype)
+        count = weights.sum()
+
+        def variance(x: torch.Tensor) -> torch.Tensor:
+            mean = (x * weights).sum() / count
+            return (((x - mean) ** 2) * weights).sum() / count
+
+        spread = variance(returns)
+        explained = 1.0 - variance(returns - values) / spread if spread > 0 else torch.tensor(float("nan"))
+    return _total(
+        {
+            "loss_value": coef * 0.5 * reduce_positions(per_position, mask, "token_mean"),
+            "value_error": error,
+            "explained_variance": explained.to(dtype),
+        }
+    )
+
+
+def entropy_bonus(
+    logits: torch.Tensor,
+    coef: float,
+    mask: torch.Tensor | None = None,
+    reduction: str = "token_mean",
+    support: Support = "action",
+) -> Terms:
+    """-``coef`` * H(pi): minimising it raises the policy's entropy (exploration). H is the exact entropy
+    of each position's distribution over the support; with ``"sequence_mean"`` the D positions of an
+    action add up (for autoregressive policies, teacher-forced on the given prefixes: the chain rule's
+    estimate of the whole action's entropy). Terms: ``loss_entropy``; diagnostic ``entropy``."""
+    if not coef >= 0.0:
+        raise ValueError(f"coef must be >= 0, got {coef!r}")
+    columns = resolve_support(support, logits.shape[-1])
+    log_p = torch.log_softmax(logits[..., columns].to(compute_dtype(logits.dtype)), dim=-1)
+    p = log_p.exp()
+    # 0 * log 0 = 0: columns with -inf logits contribute nothing (instead of NaN).
+    per_position = -torch.where(p > 0, p * log_p, torch.zeros_like(log_p)).sum(-1)
+    entropy = reduce_positions(per_position, mask, reduction)
+    return _total({"loss_entropy": -coef * entropy, "entropy": entropy.detach()})
