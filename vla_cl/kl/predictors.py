@@ -89,6 +89,13 @@ def fisher_weighted_l2(deltas: Deltas, fisher: Mapping[str, torch.Tensor]) -> fl
     return total
 
 
+def _largest_singular_value(matrix: torch.Tensor) -> float:
+    """sigma_max(M) = sqrt(lambda_max(G)) with G the smaller Gram matrix (M M^T or M^T M): a symmetric
+    eigenvalue problem on the short side, about twice as fast as a full SVD of a 512 x 785 update."""
+    gram = matrix @ matrix.T if matrix.shape[0] <= matrix.shape[1] else matrix.T @ matrix
+    return float(torch.linalg.eigvalsh(gram)[-1].clamp_min(0.0).sqrt())
+
+
 def update_spectral_norm(deltas: Deltas, reduce: str = "max") -> float:
     """Largest singular value of each weight-matrix update (tensors of 2+ dims, flattened to
     (out, -1); biases and norms are skipped), reduced by ``"max"`` (the default: the single most
@@ -97,7 +104,7 @@ def update_spectral_norm(deltas: Deltas, reduce: str = "max") -> float:
         raise ValueError(f"reduce must be 'max' or 'sum', got {reduce!r}")
     _check_deltas(deltas)
     norms = [
-        float(torch.linalg.matrix_norm(d.double().reshape(d.shape[0], -1), ord=2))
+        _largest_singular_value(d.double().reshape(d.shape[0], -1))
         for d in deltas.values()
         if d.ndim >= 2
     ]
