@@ -22,8 +22,6 @@ import argparse
 import os
 import platform
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -32,29 +30,16 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
+from vla_cl.benchmarking import CLOCKS, best_time, print_table
 from vla_cl.kl import KLProbe, action_token_kl
 
 # CPU time of this process by default: on shared cores other jobs inflate wall-clock times erratically
 # (up to 2x here), while CPU time only counts the work this process did. ``--clock wall`` switches.
-CLOCKS = {"cpu": time.process_time, "wall": time.perf_counter}
 clock = CLOCKS["cpu"]
 
 
-def best_time(fn: Callable[[], object], repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = clock()
-        fn()
-        times.append(clock() - start)
-    return min(times)
 
 
-def print_table(title: str, header: list[str], rows: list[list[str]]) -> None:
-    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows)]
-    line = lambda cells: "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)) + " |"
-    print(f"\n{title}\n{line(header)}\n|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    for row in rows:
-        print(line(row))
 
 
 def naive_kl(base: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
@@ -75,7 +60,7 @@ def throughput(n: int, repeats: int) -> None:
     ]
     rows = []
     for name, fn, bytes_per in cases:
-        seconds = best_time(fn, repeats)
+        seconds = best_time(fn, repeats, clock)
         gigabytes = 2 * base.numel() * bytes_per / 1e9
         rows.append([name, f"{seconds:.3f}", f"{n / seconds / 1e6:.2f} M", f"{gigabytes / seconds:.2f}"])
     print_table(
@@ -91,7 +76,7 @@ def support_cost(n: int, repeats: int) -> None:
     logits = base + 0.5 * torch.randn(n, 7, 32064, generator=generator)
     rows = []
     for support in ("action", "full"):
-        seconds = best_time(lambda support=support: action_token_kl(base, logits, support=support), repeats)
+        seconds = best_time(lambda support=support: action_token_kl(base, logits, support=support), repeats, clock)
         kl = float(action_token_kl(base, logits, support=support).mean())
         rows.append([support, f"{seconds:.3f}", f"{n / seconds:,.0f}", f"{kl:.4f}"])
     print_table(
@@ -188,7 +173,7 @@ def probe_cost(name: str, case, n: int, repeats: int) -> list[str]:
     timings = {key: [] for key in cases}
     for _ in range(repeats):  # interleaved, so drift in the shared cores hits every case alike
         for key, fn in cases.items():
-            timings[key].append(best_time(fn, 1))
+            timings[key].append(best_time(fn, 1, clock))
     best = {key: min(values) for key, values in timings.items()}
     kl = probe.measure(logits_fn).mean
     assert abs(probe.measure(logits_fn, reference=model.disable_adapter).mean - kl) <= 1e-6 * max(1.0, kl)

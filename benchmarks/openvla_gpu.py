@@ -33,6 +33,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
+from vla_cl.benchmarking import print_table
 from vla_cl.kl import action_log_probs, forward_kl
 from vla_cl.policies.base import ObsBatch
 from vla_cl.policies.openvla import OpenVLAConfig, OpenVLAPolicy
@@ -58,12 +59,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def print_table(title: str, header: list[str], rows: list[list[str]]) -> None:
-    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows)]
-    line = lambda cells: "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)) + " |"
-    print(f"\n{title}\n{line(header)}\n|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    for row in rows:
-        print(line(row))
 
 
 class Meter:

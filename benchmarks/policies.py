@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import platform
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -28,10 +27,10 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
+from vla_cl.benchmarking import CLOCKS, best_time, print_table
 from vla_cl.policies import ObsBatch, Policy, make_policy
 from vla_cl.tokenizer import ActionTokenizer
 
-CLOCKS = {"cpu": time.process_time, "wall": time.perf_counter}
 INSTRUCTIONS = [
     "pick up the red cube and move it to the green target",
     "push the blue cube forward onto the target",
@@ -46,14 +45,6 @@ CONFIGS: list[tuple[str, str, dict[str, Any]]] = [
 ]
 
 
-def best_time(fn: Callable[[], object], repeats: int, clock: Callable[[], float]) -> float:
-    fn()  # warm-up: first calls allocate
-    times = []
-    for _ in range(repeats):
-        start = clock()
-        fn()
-        times.append(clock() - start)
-    return min(times)
 
 
 def observations(n: int, seed: int = 0) -> ObsBatch:
@@ -80,10 +71,10 @@ def measure(policy: Policy, batch: int, repeats: int, clock: Callable[[], float]
         policy.zero_grad(set_to_none=True)
 
     seconds = {
-        "forward": best_time(forward, repeats, clock),
-        "backward": best_time(forward_backward, repeats, clock),
-        "generate": best_time(lambda: policy.generate(obs, generator=generator), repeats, clock),
-        "generate1": best_time(lambda: policy.generate(single, generator=generator), repeats, clock),
+        "forward": best_time(forward, repeats, clock, warmup=True),
+        "backward": best_time(forward_backward, repeats, clock, warmup=True),
+        "generate": best_time(lambda: policy.generate(obs, generator=generator), repeats, clock, warmup=True),
+        "generate1": best_time(lambda: policy.generate(single, generator=generator), repeats, clock, warmup=True),
     }
     params = sum(p.numel() for p in policy.parameters())
     return [
@@ -95,12 +86,6 @@ def measure(policy: Policy, batch: int, repeats: int, clock: Callable[[], float]
     ]
 
 
-def print_table(title: str, header: list[str], rows: list[list[str]]) -> None:
-    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows)]
-    line = lambda cells: "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)) + " |"
-    print(f"\n{title}\n{line(header)}\n|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    for row in rows:
-        print(line(row))
 
 
 def main(argv: list[str] | None = None) -> int:
