@@ -134,7 +134,8 @@ class Policy(nn.Module, abc.ABC):
 
     @property
     def has_value_head(self) -> bool:
-        return False
+        """Policies keep their value head (if any) in a submodule named ``critic``."""
+        return getattr(self, "critic", None) is not None
 
     def value(self, obs: ObsBatch) -> torch.Tensor:
         """State value V(obs), shape (B,), for PPO. Only policies with a value head provide it."""

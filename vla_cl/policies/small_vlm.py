@@ -271,10 +271,6 @@ class SmallVLMPolicy(Policy):
                 hidden, cache = self._run(step[:, None], valid, cache)
         return tokens
 
-    @property
-    def has_value_head(self) -> bool:
-        return self.critic is not None
-
     def value(self, obs: ObsBatch) -> torch.Tensor:
         if self.critic is None:
             return super().value(obs)

@@ -147,10 +147,6 @@ class StateTokenPolicy(Policy):
         state, words = self._inputs(obs)
         return self.actor(torch.cat([state, words], dim=-1)).reshape(len(obs), self.action_dim, -1)
 
-    @property
-    def has_value_head(self) -> bool:
-        return self.critic is not None
-
     def value(self, obs: ObsBatch) -> torch.Tensor:
         if self.critic is None:
             return super().value(obs)
