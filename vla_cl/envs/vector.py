@@ -189,7 +189,10 @@ def rollout(
         finished: list[int] = []
         for slot, (obs, reward, terminated, truncated, info) in enumerate(slots.step(actions)):
             ep = current[slot]
-            if ep is None:
+            if ep is None:  # an idle env: when its unrecorded episode ends, it must restart to keep stepping
+                observations[slot] = obs
+                if terminated or truncated:
+                    finished.append(slot)
                 continue
             if on_step is not None:
                 on_step(Transition(slot, ep.index, ep.length, observations[slot], actions[slot], reward,

@@ -24,21 +24,15 @@ import torch
 
 from vla_cl.kl import action_log_probs, forward_kl
 from vla_cl.kl.divergences import Support, compute_dtype, resolve_support
+from vla_cl.kl.sequence import check_mask
 
 REDUCTIONS = ("token_mean", "sequence_mean")
 Terms = dict[str, torch.Tensor]
 
 
 def _check_mask(mask: torch.Tensor | None, shape: torch.Size) -> None:
-    if mask is None:
-        return
-    if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
-        raise ValueError(f"mask must be a bool tensor, got {getattr(mask, 'dtype', type(mask).__name__)}")
-    if mask.shape != shape:
-        raise ValueError(
-            f"mask must have shape {tuple(shape)} (the logits without the vocabulary), got {tuple(mask.shape)}"
-        )
-    if not bool(mask.any()):
+    check_mask(mask, shape)
+    if mask is not None and not bool(mask.any()):
         raise ValueError("mask selects no position: the loss would be 0/0")
 
 

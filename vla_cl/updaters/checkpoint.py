@@ -1,0 +1,198 @@
+"""Resumable training checkpoints: policy weights, optimiser state, RNG states and progress counters.
+
+Layout under ``<run_dir>/artifacts/checkpoints/``::
+
+    iter-000012/
+      policy/                        the policy (its own checkpoint format: config.json + model.safetensors)
+      training_state.safetensors     optimiser state tensors (AdamW moments, step counts) and RNG states
+      training_state.json            iteration, counters, seed, optimiser scalars, Python/numpy RNG scalars
+    latest                           the name of the newest complete checkpoint folder
+
+A checkpoint is written into a hidden temporary folder, renamed into place, and only then does
+``latest`` (itself replaced atomically) point at it; older folders are removed last. A process killed at
+any moment therefore leaves ``latest`` naming a complete checkpoint (or no ``latest`` at all), and
+``load_checkpoint`` removes whatever a killed save left behind. Nothing is pickled: tensors go through
+safetensors, everything else through JSON.
+
+``truncate_metrics`` drops the metrics lines a killed run wrote after its last checkpoint, so that the
+resumed run's ``metrics.jsonl`` is line for line what an uninterrupted run writes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+FORMAT = "vla_cl.training_state"
+FORMAT_VERSION = 1
+LATEST = "latest"
+TENSORS_FILE = "training_state.safetensors"
+STATE_FILE = "training_state.json"
+POLICY_FOLDER = "policy"
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+# ------------------------------------------------------------------------------------------ state <-> files
+
+
+def optimizer_state(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The optimiser's per-parameter state as tensors (``optimizer.<index>.<name>``) plus JSON scalars."""
+    tensors, scalars = {}, {}
+    for index, state in optimizer.state_dict()["state"].items():
+        for name, value in state.items():
+            if torch.is_tensor(value):
+                tensors[f"optimizer.{index}.{name}"] = value.detach().cpu().contiguous()
+            else:
+                scalars[f"{index}.{name}"] = value
+    return tensors, scalars
+
+
+def restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor],
+                      scalars: dict[str, Any]) -> None:
+    """Load state written by ``optimizer_state`` into an optimiser over the same parameters (its
+    hyperparameters stay as constructed; the loop sets the learning rate every step)."""
+    state: dict[int, dict[str, Any]] = {}
+    for key, tensor in tensors.items():
+        if key.startswith("optimizer."):
+            _, index, name = key.split(".", 2)
+            state.setdefault(int(index), {})[name] = tensor
+    for key, value in scalars.items():
+        index, name = key.split(".", 1)
+        state.setdefault(int(index), {})[name] = value
+    n_params = sum(len(group["params"]) for group in optimizer.param_groups)
+    if state and max(state) >= n_params:
+        raise ValueError(f"the checkpoint's optimiser has state for parameter {max(state)}, this one has {n_params}")
+    full = optimizer.state_dict()
+    full["state"] = state
+    optimizer.load_state_dict(full)
+
+
+def rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The global RNG states of torch (CPU and CUDA), numpy and Python, as tensors + JSON."""
+    kind, keys, position, has_gauss, cached = np.random.get_state()
+    tensors = {"rng.torch": torch.get_rng_state(), "rng.numpy_keys": torch.from_numpy(keys.astype(np.int64))}
+    if torch.cuda.is_available():
+        for i, cuda_state in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng.cuda.{i}"] = cuda_state
+    version, internal, gauss_next = random.getstate()
+    scalars = {
+        "numpy": {"kind": kind, "position": int(position), "has_gauss": int(has_gauss), "cached": float(cached)},
+        "python": {"version": version, "internal": list(internal), "gauss_next": gauss_next},
+    }
+    return tensors, scalars
+
+
+def restore_rng(tensors: dict[str, torch.Tensor], scalars: dict[str, Any]) -> None:
+    torch.set_rng_state(tensors["rng.torch"])
+    cuda = sorted((k for k in tensors if k.startswith("rng.cuda.")), key=lambda k: int(k.rsplit(".", 1)[1]))
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([tensors[k] for k in cuda])
+    n = scalars["numpy"]
+    keys = tensors["rng.numpy_keys"].numpy().astype(np.uint32)
+    np.random.set_state((n["kind"], keys, n["position"], n["has_gauss"], n["cached"]))
+    p = scalars["python"]
+    random.setstate((p["version"], tuple(p["internal"]), p["gauss_next"]))
+
+
+# ------------------------------------------------------------------------------------------ checkpoints
+
+
+def save_checkpoint(root: Path, iteration: int, policy: Any, optimizer: torch.optim.Optimizer,
+                    progress: dict[str, Any]) -> Path:
+    """Write the checkpoint after ``iteration`` (``progress``: JSON counters) and point ``latest`` at it."""
+    from safetensors.torch import save_file
+
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    name = f"iter-{iteration:06d}"
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=root))
+    policy.save_pretrained(tmp / POLICY_FOLDER)
+    optim_tensors, optim_scalars = optimizer_state(optimizer)
+    rng_tensors, rng_scalars = rng_state()
+    save_file({**optim_tensors, **rng_tensors}, str(tmp / TENSORS_FILE))
+    record = {"format": FORMAT, "format_version": FORMAT_VERSION, "iteration": iteration, **progress,
+              "optimizer": optim_scalars, "rng": rng_scalars}
+    (tmp / STATE_FILE).write_text(json.dumps(record))
+    final = root / name
+    if final.exists():  # a killed save renamed it but never pointed ``latest`` at it
+        shutil.rmtree(final)
+    os.rename(tmp, final)
+    _write_text_atomic(root / LATEST, name)
+    _remove_others(root, keep=name)
+    return final
+
+
+def _remove_others(root: Path, keep: str | None) -> None:
+    for entry in root.iterdir():
+        if entry.name not in (keep, LATEST) and entry.is_dir():
+            shutil.rmtree(entry)
+
+
+def latest_checkpoint(root: Path) -> Path | None:
+    pointer = Path(root) / LATEST
+    if not pointer.is_file():
+        return None
+    folder = Path(root) / pointer.read_text().strip()
+    if not folder.is_dir():
+        raise ValueError(f"{pointer} names {folder.name}, which does not exist; delete {root} to start over")
+    return folder
+
+
+def load_checkpoint(root: Path, policy: Any, optimizer: torch.optim.Optimizer) -> dict[str, Any] | None:
+    """Restore the newest checkpoint under ``root`` into ``policy`` (weights, in place) and ``optimizer``
+    and the global RNGs; returns its JSON record, or None (after cleaning up) when there is none."""
+    from safetensors.torch import load_file
+
+    from vla_cl.policies.checkpoint import read_checkpoint
+
+    root = Path(root)
+    if not root.is_dir():
+        return None
+    folder = latest_checkpoint(root)
+    _remove_others(root, keep=None if folder is None else folder.name)
+    if folder is None:
+        return None
+    record = json.loads((folder / STATE_FILE).read_text())
+    if record.get("format") != FORMAT or record.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{folder / STATE_FILE} is not a {FORMAT} v{FORMAT_VERSION} file")
+    saved = read_checkpoint(folder / POLICY_FOLDER, type(policy))  # validated: digest, names, shapes
+    policy.load_state_dict(saved.state_dict())  # copies into the existing parameters, on their device
+    tensors = load_file(str(folder / TENSORS_FILE))
+    restore_optimizer(optimizer, tensors, record["optimizer"])
+    restore_rng(tensors, record["rng"])
+    return record
+
+
+def truncate_metrics(path: Path, last_iteration: int) -> int:
+    """Keep the metrics lines of iterations <= ``last_iteration`` (dropping later and unreadable ones);
+    returns how many lines were dropped."""
+    path = Path(path)
+    if not path.exists():
+        return 0
+    kept, dropped = [], 0
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:  # half a line from a killed write
+            dropped += 1
+            continue
+        if isinstance(record, dict) and record.get("iteration", -1) <= last_iteration:
+            kept.append(line)
+        else:
+            dropped += 1
+    if dropped:
+        _write_text_atomic(path, "".join(line + "\n" for line in kept))
+    return dropped

@@ -1,0 +1,405 @@
+"""The one training loop every updater runs on.
+
+    train(policy, updater, env, LoopConfig(iterations=20), run_dir, seed=0, demos=demos)
+
+Each iteration: get data (the policy's own episodes, a teacher's episodes, or a demonstration batch,
+as ``updater.source`` says) -> ``updater.prepare`` -> ``update_epochs`` passes of ``minibatches``
+minibatches -> ``updater.loss`` -> backward, with ``grad_accum`` minibatches per AdamW step, the
+global gradient norm clipped and the learning rate set from the schedule. Iteration 0 is pi0 before any
+update: it is evaluated and gives the KL probe's reference.
+
+Evaluation: success rate over ``eval_episodes`` seeded episodes of the new task, on the same envs with
+the same reset and truncation rules as training, the same seeds and sampling randomness every time.
+KL probe: a fixed set of new-task states (pi0's own episodes collected at the start, with pi0's tokens
+to teacher-force on; saved as ``artifacts/probe.safetensors``) on which E[KL(pi0 || pi)] is measured.
+
+Exact resume. Every iteration is a pure function of (the state after the previous iteration, seed,
+iteration index): its episodes start from seeds derived from (seed, iteration), its sampling and
+minibatch order use generators seeded the same way, and whole episodes are collected. The simulator's
+own memory of earlier episodes (ManiSkill's physics keeps some across resets) is cleared by rebuilding the
+envs' scenes before their first use after each checkpoint (``refresh``), which puts them where a resumed
+run's freshly created envs are. A checkpoint after iteration k (``vla_cl.updaters.checkpoint``) holds the
+weights, the optimiser state, the global RNG states and the counters; a run started again with the
+same ``out_dir`` restores it, drops the metrics lines written after it, and continues: its final
+metrics (apart from ``WALL_CLOCK`` fields) and weights equal an uninterrupted run's bit for bit.
+
+Outputs in the run directory: ``metrics.jsonl`` (one line per iteration), TensorBoard scalars in
+``artifacts/tb``, checkpoints in ``artifacts/checkpoints``, the final policy in ``artifacts/policy``
+and ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections import defaultdict
+from typing import Any
+
+import numpy as np
+import torch
+
+from vla_cl.config import option, require, require_choice
+from vla_cl.policies.base import ObsBatch, Policy
+from vla_cl.runs import RunDir
+from vla_cl.updaters import checkpoint as ckpt
+from vla_cl.updaters.base import Updater
+from vla_cl.updaters.data import REWARDS, Batch, DemoStream, PolicyActor, Rollouts, collect_rollouts
+from vla_cl.updaters.optim import make_optimizer, set_lr
+
+WALL_CLOCK = ("time", "seconds", "samples_per_s")  # metrics that differ between identical runs
+# Streams of derived seeds: one per kind of randomness, so that none shifts another.
+TRAIN, EVAL, PROBE, SAMPLE, EVAL_SAMPLE, PROBE_SAMPLE, MINIBATCH, DEMOS, REFRESH = range(1, 10)
+PROBE_FILE = "probe.safetensors"
+
+
+@dataclasses.dataclass
+class LoopConfig:
+    """What the loop does around the updates (the updater's config holds the optimisation settings)."""
+
+    iterations: int = option(10, "training iterations (each: collect data, then update)")
+    reward: str = option("success", "rollout reward: success (1 on the step the task succeeds) or env (dense)")
+    eval_every: int = option(5, "evaluate every this many iterations (0 = only before and after training)")
+    eval_episodes: int = option(10, "seeded episodes per evaluation")
+    eval_greedy: bool = option(False, "evaluate with argmax actions instead of sampling")
+    probe_every: int = option(1, "measure the KL probe every this many iterations (0 = only at the end)")
+    probe_episodes: int = option(4, "pi0 episodes whose states form the KL probe set")
+    probe_states: int = option(256, "at most this many probe states (evenly spaced over those episodes)")
+    checkpoint_every: int = option(5, "save a resumable checkpoint every this many iterations (and at the end)")
+    refresh_envs: bool = option(True, "rebuild the envs' scenes after each checkpoint (exact resume on ManiSkill)")
+    device: str = option("cpu", "torch device for the policy: cpu, cuda, cuda:1, ...")
+    progress: bool = option(True, "show a progress bar")
+    tensorboard: bool = option(True, "also write TensorBoard scalars to artifacts/tb")
+
+    def __post_init__(self) -> None:
+        require(self.iterations >= 1, "iterations", self.iterations, "an integer >= 1")
+        require_choice("reward", self.reward, REWARDS)
+        for name in ("eval_every", "probe_every", "checkpoint_every"):
+            require(getattr(self, name) >= 0, name, getattr(self, name), "an integer >= 0 (0 = only at the end)")
+        for name in ("eval_episodes", "probe_episodes", "probe_states"):
+            require(getattr(self, name) >= 1, name, getattr(self, name), "an integer >= 1")
+        try:
+            torch.device(self.device)
+        except RuntimeError:
+            require(False, "device", self.device, "a torch device string such as cpu or cuda:0")
+
+
+def derived_seed(seed: int, stream: int, index: int = 0) -> int:
+    """A seed for ``stream`` (TRAIN, EVAL, ...) at ``index`` (the iteration), independent of the others;
+    < 2**30, so that episode k of a collection can use ``derived_seed(...) + k``."""
+    return int(np.random.SeedSequence([seed, stream, index]).generate_state(1)[0] % 2**30)
+
+
+def generator(seed: int, stream: int, index: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(derived_seed(seed, stream, index))
+
+
+def due(iteration: int, every: int, last: int) -> bool:
+    return iteration == last or (every > 0 and iteration % every == 0)
+
+
+# ------------------------------------------------------------------------------------------ the loop
+
+
+def train(
+    policy: Policy,
+    updater: Updater,
+    env: Any,
+    config: LoopConfig,
+    run_dir: RunDir,
+    *,
+    seed: int,
+    demos: Any = None,
+    teacher: Policy | None = None,
+) -> dict[str, Any]:
+    """Fine-tune ``policy`` (pi0 as given) with ``updater`` on ``env``; see the module docstring.
+    Resumes from the run directory's checkpoint when there is one. Returns the summary."""
+    device = torch.device(config.device)
+    policy.to(device)
+    if teacher is not None:
+        teacher.to(device)
+    stream = DemoStream(demos, policy, updater.config.batch_size, derived_seed(seed, DEMOS)) \
+        if updater.source == "demos" and demos is not None else None
+    check_setup(policy, updater, stream, teacher, device)
+    policy.mark_reference()
+    optimizer = make_optimizer(policy.trainable_parameters(), updater.config)
+    total_steps = config.iterations * updater.config.steps_per_iteration
+    probe = kl_probe(policy, env, config, run_dir, seed, device)
+
+    resumed = ckpt.load_checkpoint(run_dir.artifacts / "checkpoints", policy, optimizer)
+    start = 0 if resumed is None else resumed["iteration"]
+    counters = {"step": 0, "samples": 0, "episodes": 0, "env_steps": 0}
+    if resumed is not None:
+        if resumed["seed"] != seed or resumed["updater"] != updater.name:
+            raise ValueError(f"{run_dir.path} holds a checkpoint of another run (seed {resumed['seed']}, "
+                             f"updater {resumed['updater']!r}); choose another out_dir")
+        counters = {name: resumed[name] for name in counters}
+    ckpt.truncate_metrics(run_dir.metrics_path, start if resumed is not None else -1)
+    writer = tensorboard_writer(run_dir, start, config.tensorboard)
+    log = Logger(run_dir, writer)
+
+    if start == 0:
+        log(iteration=0, **counters, **evaluate(policy, env, config, seed, device), **probe_metrics(probe, policy))
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(range(start + 1, config.iterations + 1), initial=start, total=config.iterations,
+               desc=f"{updater.name}", disable=not config.progress, dynamic_ncols=True)
+    refresh_due = False  # the envs hold episodes from before the last checkpoint, which a resumed run's lack
+    for iteration in bar:
+        started = time.perf_counter()
+        evaluating = due(iteration, config.eval_every, config.iterations)
+        if refresh_due and config.refresh_envs and (updater.source != "demos" or evaluating):
+            refresh(env, seed)
+            refresh_due = False
+        data, data_metrics = collect(policy, updater, env, config, seed, iteration, stream, teacher, device)
+        batch = updater.prepare(policy, data)
+        rng = np.random.default_rng(derived_seed(seed, MINIBATCH, iteration))
+        losses, counters["step"] = optimise(policy, updater, batch, optimizer, counters["step"], total_steps, rng,
+                                            device)
+        counters["samples"] += len(batch) * updater.config.update_epochs
+        counters["episodes"] += data_metrics.pop("episodes", 0)
+        counters["env_steps"] += data_metrics.pop("env_steps", 0)
+        record = {"iteration": iteration, **counters, **losses, **data_metrics, "batch_rows": len(batch)}
+        last = config.iterations
+        if evaluating:
+            record.update(evaluate(policy, env, config, seed, device))
+        if due(iteration, config.probe_every, last):
+            record.update(probe_metrics(probe, policy))
+        seconds = time.perf_counter() - started
+        record.update(seconds=round(seconds, 4), samples_per_s=round(len(batch) * updater.config.update_epochs
+                                                                     / max(seconds, 1e-9), 2))
+        log(**record)
+        bar.set_postfix({k: f"{record[k]:.3g}" for k in ("train/loss", "eval/success_rate", "kl/mean") if k in record})
+        if due(iteration, config.checkpoint_every, last):
+            ckpt.save_checkpoint(run_dir.artifacts / "checkpoints", iteration, policy, optimizer,
+                                 {"seed": seed, "updater": updater.name, **counters})
+            refresh_due = True
+    bar.close()
+    if writer is not None:
+        writer.close()
+    policy.save_pretrained(run_dir.artifacts / "policy", metadata={"updater": updater.name, **counters})
+    metrics = run_dir.read_metrics()
+    summary = {"updater": updater.name, "iterations": config.iterations, "resumed_from": start, **counters,
+               "first": _without_wall_clock(metrics[0]), "final": _without_wall_clock(metrics[-1])}
+    run_dir.write_json("summary.json", summary)
+    return summary
+
+
+# ------------------------------------------------------------------------------------------ the pieces
+
+
+def refresh(env: Any, seed: int) -> None:
+    """Rebuild each env's simulated scene (ManiSkill: a reset with ``reconfigure=True``; tasks without
+    scenes ignore the option). PhysX keeps solver and contact state across ordinary resets: measured on
+    PickCube, the same seeds and actions gave different cube contacts after a different history of
+    episodes, so a resumed run (fresh envs) drifted from the uninterrupted one. After a rebuild the envs
+    behave as freshly created ones. Cost: ~0.35 s per PickCube env, once per checkpoint interval."""
+    import gymnasium as gym
+
+    options = {"reconfigure": True}
+    if isinstance(env, gym.vector.VectorEnv):
+        env.call("reset", seed=derived_seed(seed, REFRESH), options=options)
+    else:
+        env.reset(seed=derived_seed(seed, REFRESH), options=options)
+
+
+def check_setup(policy: Policy, updater: Updater, stream: DemoStream | None, teacher: Policy | None,
+                device: torch.device) -> None:
+    """Refuse, before any work, a combination the updater cannot train."""
+    if updater.needs_value_head and not policy.has_value_head:
+        raise ValueError(f"updater {updater.name!r} needs a policy with a value head (value_head=True)")
+    if updater.source == "demos":
+        if stream is None:
+            raise ValueError(f"updater {updater.name!r} learns from demonstrations: pass demos (demos=PATH)")
+        first = stream.obs.select([0]).to(device)
+        with torch.no_grad():  # the policy's own checks name what the demonstrations lack (state, image)
+            policy.action_logits(first, stream.tokens[:1].to(device))
+    if updater.source == "teacher":
+        if teacher is None:
+            raise ValueError(f"updater {updater.name!r} learns from a teacher's rollouts: pass teacher=PATH")
+        check_same_actions(policy, teacher)
+
+
+def check_same_actions(policy: Policy, teacher: Policy) -> None:
+    """Tokens mean the same physical actions for both policies (same bins and statistics)."""
+    a, b = policy.tokenizer, teacher.tokenizer
+    same_stats = (a.stats is None) == (b.stats is None) and (a.stats is None or (
+        np.array_equal(a.stats.q01, b.stats.q01) and np.array_equal(a.stats.q99, b.stats.q99)
+        and np.array_equal(a.stats.mask, b.stats.mask)))
+    if (a.n_bins, a.vocab_size, policy.action_dim) != (b.n_bins, b.vocab_size, teacher.action_dim) or not same_stats:
+        raise ValueError("the teacher's action tokens differ from the policy's (bins, vocabulary, action dim or "
+                         "action statistics): distillation needs tokens that mean the same actions")
+
+
+def collect(policy: Policy, updater: Updater, env: Any, config: LoopConfig, seed: int, iteration: int,
+            stream: DemoStream | None, teacher: Policy | None, device: torch.device) -> tuple[Any, dict]:
+    """This iteration's raw data and what to log about it."""
+    if updater.source == "demos":
+        return stream.batch(iteration - 1), {}
+    actor = teacher if updater.source == "teacher" else policy
+    repeats = updater.repeats
+    rollouts = collect_rollouts(
+        actor,
+        env,
+        updater.config.episodes // repeats,
+        derived_seed(seed, TRAIN, iteration),
+        generator(seed, SAMPLE, iteration),
+        repeats=repeats,
+        reward=config.reward,
+        greedy=getattr(updater.config, "teacher_greedy", False),
+        with_probs=updater.source == "teacher",
+        device=device,
+    )
+    summary = rollouts.summary()
+    return rollouts, {
+        "episodes": summary["episodes"],
+        "env_steps": summary["env_steps"],
+        "rollout/success_rate": summary["success_rate"],
+        "rollout/return": summary["return"],
+        "rollout/length": summary["length"],
+    }
+
+
+def optimise(policy: Policy, updater: Updater, batch: Batch, optimizer: torch.optim.Optimizer, step: int,
+             total_steps: int, rng: np.random.Generator, device: torch.device) -> tuple[dict[str, float], int]:
+    """``update_epochs`` passes over ``batch`` in ``minibatches`` random minibatches, one AdamW step per
+    ``grad_accum`` minibatches. Returns the mean of every loss term over the minibatches, the mean
+    gradient norm (before clipping) and the learning rate, and the new step count. A batch without rows
+    (no successful episode for ``rft``) makes no update but the schedule's clock still advances."""
+    c = updater.config
+    params = policy.trainable_parameters()
+    sums: dict[str, float] = defaultdict(float)
+    counts: dict[str, int] = defaultdict(int)
+    lr = None
+    optimizer.zero_grad(set_to_none=True)
+    for epoch in range(c.update_epochs):
+        order = rng.permutation(len(batch))
+        for k, rows in enumerate(np.array_split(order, c.minibatches)):
+            if len(rows):
+                terms = updater.loss(policy, batch.select(rows).to(device))
+                (terms["loss"] / c.grad_accum).backward()
+                for name, value in terms.items():
+                    sums[name] += float(value.detach())
+                    counts[name] += 1
+            if (epoch * c.minibatches + k + 1) % c.grad_accum:
+                continue
+            lr = set_lr(optimizer, c, step, total_steps)
+            if any(p.grad is not None for p in params):
+                norm = torch.nn.utils.clip_grad_norm_(params, c.grad_clip if c.grad_clip > 0 else float("inf"))
+                sums["grad_norm"] += float(norm)
+                counts["grad_norm"] += 1
+                optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+    out = {name if name == "grad_norm" else f"train/{name}": sums[name] / counts[name] for name in sums}
+    out["lr"] = lr
+    return out, step
+
+
+def evaluate(policy: Policy, env: Any, config: LoopConfig, seed: int, device: torch.device) -> dict[str, float]:
+    """Success rate, return and length over the same ``eval_episodes`` seeded episodes every time."""
+    from vla_cl.envs.vector import rollout, summarize
+
+    actor = PolicyActor(policy, generator(seed, EVAL_SAMPLE), config.eval_greedy, device)
+    episodes = rollout(actor, env, config.eval_episodes, seed=derived_seed(seed, EVAL))
+    summary = summarize(episodes)
+    metrics = {"eval/success_rate": summary["success_rate"], "eval/length": summary["mean_length"]}
+    if config.reward == "env":  # with the success reward the return is the success rate
+        metrics["eval/return"] = summary["mean_return"]
+    return metrics
+
+
+# ------------------------------------------------------------------------------------------ KL probe
+
+
+def kl_probe(policy: Policy, env: Any, config: LoopConfig, run_dir: RunDir, seed: int, device: torch.device):
+    """The KL probe on a fixed set of new-task states: read from the run directory, or collected now with
+    the policy (pi0: call before any update) and saved. pi0's distributions on it are cached."""
+    from vla_cl.kl import KLProbe
+
+    path = run_dir.artifacts / PROBE_FILE
+    if path.exists():
+        obs, tokens = load_probe_set(path)
+    else:
+        rollouts = collect_rollouts(policy, env, config.probe_episodes, derived_seed(seed, PROBE),
+                                    generator(seed, PROBE_SAMPLE), reward=config.reward, device=device)
+        obs, tokens = probe_subset(rollouts, config.probe_states)
+        save_probe_set(path, obs, tokens)
+    probe = KLProbe({"obs": obs, "tokens": tokens}, batch_size=64, support=policy.action_support)
+    with policy.reference():
+        probe.cache_reference(probe_logits_fn(policy, device))
+    return probe
+
+
+def probe_logits_fn(policy: Policy, device: torch.device):
+    return lambda batch: policy.action_logits(batch["obs"].to(device), batch["tokens"].to(device))
+
+
+def probe_metrics(probe: Any, policy: Policy) -> dict[str, float]:
+    estimate = probe.measure(probe_logits_fn(policy, next(policy.parameters()).device))
+    return {"kl/mean": estimate.mean, "kl/std_error": estimate.std_error}
+
+
+def probe_subset(rollouts: Rollouts, max_states: int) -> tuple[ObsBatch, torch.Tensor]:
+    """At most ``max_states`` rows, evenly spaced over the episodes' steps."""
+    rows = torch.from_numpy(np.unique(np.linspace(0, len(rollouts) - 1, min(max_states, len(rollouts))).round()
+                                      .astype(np.int64)))
+    return rollouts.obs.select(rows), rollouts.tokens[rows]
+
+
+def save_probe_set(path, obs: ObsBatch, tokens: torch.Tensor) -> None:
+    import json
+
+    from safetensors.torch import save_file
+
+    tensors = {"tokens": tokens.contiguous()}
+    if obs.state is not None:
+        tensors["state"] = obs.state.contiguous()
+    if obs.image is not None:
+        tensors["image"] = obs.image.contiguous()
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file(tensors, str(tmp), metadata={"instructions": json.dumps(obs.instruction)})
+    tmp.replace(path)
+
+
+def load_probe_set(path) -> tuple[ObsBatch, torch.Tensor]:
+    import json
+
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        instructions = json.loads(handle.metadata()["instructions"])
+        tensors = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118
+    return ObsBatch(instructions, tensors.get("state"), tensors.get("image")), tensors["tokens"]
+
+
+# ------------------------------------------------------------------------------------------ logging
+
+
+def _without_wall_clock(record: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in record.items() if k not in WALL_CLOCK}
+
+
+def tensorboard_writer(run_dir: RunDir, start: int, enabled: bool):
+    if not enabled:
+        return None
+    from torch.utils.tensorboard import SummaryWriter
+
+    # purge_step hides events a killed run wrote after its last checkpoint.
+    return SummaryWriter(log_dir=str(run_dir.artifacts / "tb"), purge_step=start + 1 if start else None)
+
+
+class Logger:
+    """One metrics line per iteration in metrics.jsonl, the same scalars in TensorBoard."""
+
+    def __init__(self, run_dir: RunDir, writer: Any):
+        self.run_dir, self.writer = run_dir, writer
+
+    def __call__(self, **record: Any) -> None:
+        self.run_dir.log(**record)
+        if self.writer is None:
+            return
+        for name, value in record.items():
+            if name != "iteration" and isinstance(value, (int, float)) and value is not None:
+                self.writer.add_scalar(name, value, record["iteration"])
+        self.writer.flush()
