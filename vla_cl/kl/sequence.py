@@ -62,7 +62,8 @@ class KLEstimate:
         return cls(mean=float(wide.mean()), std_error=std_error, n=n, per_sample=values)
 
 
-def _check_mask(mask: torch.Tensor | None, shape: torch.Size) -> None:
+def check_mask(mask: torch.Tensor | None, shape: torch.Size) -> None:
+    """A position mask must be a bool tensor shaped like the logits without the vocabulary dimension."""
     if mask is None:
         return
     if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
@@ -97,7 +98,7 @@ def action_token_kl(
     Returns shape (...)."""
     _check_sequence("base_logits", base_logits)
     check_pair("base_logits", base_logits, "logits", logits)
-    _check_mask(mask, base_logits.shape[:-1])
+    check_mask(mask, base_logits.shape[:-1])
     return _masked_sum(forward_kl(base_logits, logits, support), mask)
 
 
@@ -135,7 +136,7 @@ def log_ratio(
 ) -> torch.Tensor:
     """log pi0(a) - log pi(a) per action (summed over the masked positions). Shape (...)."""
     check_pair("base_logits", base_logits, "logits", logits)
-    _check_mask(mask, base_logits.shape[:-1])
+    check_mask(mask, base_logits.shape[:-1])
     diff = action_log_probs(base_logits, tokens, support) - action_log_probs(logits, tokens, support)
     return _masked_sum(diff, mask)
 

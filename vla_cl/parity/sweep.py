@@ -33,7 +33,6 @@ from vla_cl.parity.evaluate import Reference, accuracies, build_reference, fishe
 from vla_cl.parity.methods import METHODS
 from vla_cl.parity.model import ParityMLP, checkpoint_exists, load_checkpoint, save_checkpoint
 from vla_cl.parity.train import (
-    SCHEDULES,
     FinetuneConfig,
     PretrainConfig,
     RunSpec,
@@ -42,6 +41,7 @@ from vla_cl.parity.train import (
     pretrain,
 )
 from vla_cl.runs import RunDir
+from vla_cl.updaters.base import SCHEDULES
 
 
 @dataclasses.dataclass

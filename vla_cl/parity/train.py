@@ -25,9 +25,10 @@ from vla_cl.parity.data import ParityData
 from vla_cl.parity.evaluate import Reference, action_logits, evaluate
 from vla_cl.parity.methods import METHODS, method_loss
 from vla_cl.parity.model import SUPPORT, ParityMLP
+from vla_cl.updaters.base import SCHEDULES
 from vla_cl.updaters.losses import sft_loss
+from vla_cl.updaters.optim import lr_factor
 
-SCHEDULES = ("constant", "cosine", "linear")
 PARITY_LABELS = ("fixed", "resample")
 
 
@@ -99,17 +100,6 @@ class FinetuneData:
     reference: Reference
 
 
-def lr_factor(schedule: str, step: int, total: int) -> float:
-    """Multiplier of the base learning rate at ``step`` (0-based) of ``total``: constant, cosine or linear
-    decay from 1 towards 0 (the last step still moves: the factor reaches 0 only after it)."""
-    progress = step / total
-    if schedule == "constant":
-        return 1.0
-    if schedule == "cosine":
-        return 0.5 * (1.0 + math.cos(math.pi * progress))
-    if schedule == "linear":
-        return 1.0 - progress
-    raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
 
 
 def eval_steps(total: int, evals: int) -> list[int]:
