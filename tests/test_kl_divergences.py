@@ -151,7 +151,9 @@ def test_properties_of_every_divergence(p, data):
     assert kl >= 0.0 and float(reverse_kl(pt, qt)) >= 0.0
     assert 0.0 <= tv <= 1.0 + 1e-6
     assert 0.0 <= float(l2_distance(pt, qt)) <= math.sqrt(2) + 1e-6
-    assert tv <= math.sqrt(kl / 2) + 1e-5  # Pinsker's inequality
+    # Pinsker's inequality, up to the float32 rounding of the KL (about 1e-7 absolute when the logits are
+    # of order 30): near p == q a tolerance on sqrt(kl / 2) would be far too tight.
+    assert 2 * tv**2 <= kl + 1e-6
     for fn in (categorical_kl, reverse_kl, total_variation, l2_distance):
         assert float(fn(pt, pt)) == 0.0
     # bfloat16 in, float32 arithmetic out: equal to the float64 KL of the same (rounded) values.
