@@ -63,32 +63,38 @@ class InstructionEncoder(nn.Module):
         self.vocabulary = vocabulary
         self.index = {word: i for i, word in enumerate(vocabulary)}
         self.embedding = nn.Embedding(len(vocabulary), dim, padding_idx=0)
+        self._cache: dict[str, list[int]] = {}  # instruction -> word ids (cleared when words are added)
 
     @property
     def dim(self) -> int:
         return self.embedding.embedding_dim
 
     def word_ids(self, text: str) -> list[int]:
-        unk = self.index[UNK]
-        return [self.index.get(word, unk) for word in split_words(text)] or [unk]
+        ids = self._cache.get(text)
+        if ids is None:
+            unk = self.index[UNK]
+            ids = self._cache[text] = [self.index.get(word, unk) for word in split_words(text)] or [unk]
+        return ids
 
     def ids(
         self, instructions: Sequence[str], length: int | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Word ids (B, L) padded with <pad>, and the mask (B, L) of real words. ``length`` fixes L
         (so that positions do not depend on the batch); a longer instruction then raises ValueError."""
-        rows = [self.word_ids(text) for text in instructions]
+        # A batch holds a handful of distinct instructions repeated: encode each once, then gather rows.
+        distinct = list(dict.fromkeys(instructions))
+        rows = [self.word_ids(text) for text in distinct]
         longest = max((len(r) for r in rows), default=1)
         if length is not None and longest > length:
-            text = next(t for t, r in zip(instructions, rows) if len(r) == longest)
+            text = next(t for t, r in zip(distinct, rows) if len(r) == longest)
             raise ValueError(
                 f"instruction {text!r} has {longest} words; this policy reads at most {length} "
                 "(build it with a larger max_words)"
             )
         width = longest if length is None else length
-        ids = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, row in enumerate(rows):
-            ids[i, : len(row)] = torch.tensor(row)
+        table = torch.tensor([row + [0] * (width - len(row)) for row in rows], dtype=torch.long).reshape(-1, width)
+        position = {text: i for i, text in enumerate(distinct)}
+        ids = table[torch.tensor([position[text] for text in instructions], dtype=torch.long)]
         return ids, ids != self.index[PAD]
 
     def word_embeddings(
@@ -135,6 +141,7 @@ class InstructionEncoder(nn.Module):
                 n_new = sum(1 for w in words if w not in self.index)
                 grown.weight[len(old) :] = (len(words) * target - known_sum) / n_new
         self.vocabulary.extend(new)
+        self._cache.clear()
         self.index.update({word: len(old) + i for i, word in enumerate(new)})
         self.embedding = grown
         return new
