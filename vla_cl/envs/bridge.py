@@ -29,6 +29,10 @@ asset folder into module constants when first imported; :func:`point_maniskill_a
 these scenes read, so ``MS_ASSET_DIR`` may be set before or after ManiSkill is imported, as long as it
 is set before ``make()``.
 
+Layouts: SimplerEnv's scenes draw each episode's object placement from a fixed list of configurations;
+that list is these tasks' training grid (``layout="grid"``, the only layout they offer). Their
+instruction axis uses the paraphrases below; they have no ``visual="shifted"`` variant.
+
 Each episode's objects settle with the robot at its start pose (ManiSkill settles them with the robot
 wherever the previous episode left it), so a seed gives the same start whatever came before.
 
@@ -92,6 +96,7 @@ class BridgeTask:
     stage: str  # stage file under the dataset folder
     scenery: tuple[str, ...] = ()  # other model ids the scene loads
     description: str = ""
+    paraphrases: tuple[str, ...] = ()  # held-out rewordings of the instruction (the instruction axis)
 
 
 BRIDGE_TASKS = (
@@ -103,6 +108,7 @@ BRIDGE_TASKS = (
         ("bridge_carrot_generated_modified", "bridge_plate_objaverse_larger"),
         "stages/bridge_table_1_v1.glb",
         description="pick the carrot and place it on the plate",
+        paraphrases=("place the carrot onto the plate", "move the carrot to the dish", "set the carrot on the plate"),
     ),
     BridgeTask(
         "widowx_spoon_on_towel",
@@ -112,6 +118,7 @@ BRIDGE_TASKS = (
         ("bridge_spoon_generated_modified", "table_cloth_generated_shorter"),
         "stages/bridge_table_1_v1.glb",
         description="pick the spoon and place it (partly) on the towel",
+        paraphrases=("place the spoon onto the cloth", "move the spoon to the towel", "lay the spoon on the napkin"),
     ),
     BridgeTask(
         "widowx_stack_cube",
@@ -121,6 +128,8 @@ BRIDGE_TASKS = (
         ("baked_green_cube_3cm", "baked_yellow_cube_3cm"),
         "stages/bridge_table_1_v1.glb",
         description="stack a 3 cm green cube on a 3 cm yellow cube",
+        paraphrases=("put the green cube on top of the yellow cube", "place the green block onto the yellow one",
+                     "set the green cube on the yellow block"),
     ),
     BridgeTask(
         "widowx_put_eggplant_in_basket",
@@ -131,6 +140,8 @@ BRIDGE_TASKS = (
         "stages/bridge_table_1_v2.glb",
         scenery=("sink",),
         description="move the eggplant from the sink into the yellow basket (toy-sink stage)",
+        paraphrases=("place the eggplant in the yellow basket", "move the aubergine into the yellow basket",
+                     "drop the eggplant into the basket"),
     ),
 )
 TASKS_BY_ID = {f"simpler/{task.name}": task for task in BRIDGE_TASKS}
@@ -145,6 +156,9 @@ for _task in BRIDGE_TASKS:
             max_episode_steps=_task.max_episode_steps,
             assets=ASSET_IDS,
             description=_task.description,
+            paraphrases=_task.paraphrases,
+            layouts=("grid",),  # SimplerEnv's own fixed set of episode layouts is these scenes' grid
+            visuals=("default",),
         )
     )
 

@@ -281,6 +281,7 @@ class PokeCubeExpert(Expert):
 EXPERTS: dict[str, Callable[[], Expert]] = {
     "maniskill/PickCube-v1": lambda: PickCubeExpert("PickCube-v1"),
     "maniskill/PickCubeLowGoal-v1": lambda: PickCubeExpert("PickCubeLowGoal-v1"),
+    "maniskill/PickCubeLowGoal-v2": lambda: PickCubeExpert("PickCubeLowGoal-v2"),
     "maniskill/StackCube-v1": lambda: StackCubeExpert("StackCube-v1"),
     "maniskill/PlaceSphere-v1": lambda: PlaceSphereExpert("PlaceSphere-v1"),
     "maniskill/PushCube-v1": lambda: PushPullExpert("PushCube-v1", direction=1.0),

@@ -19,6 +19,7 @@ from mani_skill.utils.registration import REGISTERED_ENVS, register_env
 from mani_skill.utils.structs.pose import Pose
 
 LOW_GOAL_ID = "PickCubeLowGoal-v1"
+HOLD_ID = "PickCubeLowGoal-v2"
 LOW_GOAL_MAX_HEIGHT = 0.05  # m above the resting cube's centre
 
 
@@ -38,5 +39,16 @@ class PickCubeLowGoalEnv(PickCubeEnv):
         self.goal_site.set_pose(Pose.create_from_pq(goal))
 
 
+class PickCubeLowGoalHoldEnv(PickCubeLowGoalEnv):
+    """PickCubeLowGoal whose success also needs the cube grasped (held at the goal, robot still)."""
+
+    def evaluate(self):
+        info = super().evaluate()
+        info["success"] = info["success"] & info["is_grasped"]
+        return info
+
+
 if LOW_GOAL_ID not in REGISTERED_ENVS:
     register_env(LOW_GOAL_ID, max_episode_steps=50)(PickCubeLowGoalEnv)
+if HOLD_ID not in REGISTERED_ENVS:
+    register_env(HOLD_ID, max_episode_steps=50)(PickCubeLowGoalHoldEnv)

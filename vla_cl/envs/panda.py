@@ -40,6 +40,7 @@ import numpy as np
 from vla_cl.envs.maniskill import make_maniskill, to_numpy
 from vla_cl.envs.registry import EnvOptions, TaskSpec, register
 from vla_cl.envs.rotations import euler_xyz_from_rotvec
+from vla_cl.envs.variation import Placement, Region, TableRestyler
 from vla_cl.envs.wrapper import ActionAdapter, VLAEnv
 
 CONTROL_MODE = "pd_ee_delta_pose"
@@ -113,6 +114,7 @@ def _place_sphere(sim) -> tuple[np.ndarray, np.ndarray]:
 OBJECT_AND_GOAL: dict[str, Callable[[Any], tuple[np.ndarray, np.ndarray]]] = {
     "PickCube-v1": _pick_cube,
     "PickCubeLowGoal-v1": _pick_cube,
+    "PickCubeLowGoal-v2": _pick_cube,
     "PushCube-v1": _region_cube,
     "PullCube-v1": _region_cube,
     "StackCube-v1": _stack_cube,
@@ -173,29 +175,65 @@ class PandaTask:
     instruction: str
     max_episode_steps: int
     description: str
+    placement: Placement  # the manipulated object, the region ManiSkill draws it in, what moves with it
+    paraphrases: tuple[str, ...]  # held-out rewordings for the instruction axis (never used in training)
 
 
+CENTRE = Region((-0.1, 0.1), (-0.1, 0.1))  # where most tasks draw their object: 5 x 5 grid, 4 x 4 off it
+PICK_PARAPHRASES = ("grab the red block and bring it to the green goal",
+                    "take the red cube over to the green marker",
+                    "lift the red box and carry it to the green point")
+HOLD_PARAPHRASES = ("raise the red block a little and keep it at the green goal",
+                    "pick the red cube up just a bit and hold it still at the green marker",
+                    "lift the red box a few centimetres and keep holding it at the green point")
 PANDA_TASKS = (
     PandaTask("PickCube-v1", "pick up the red cube and move it to the green target", 50,
-              "grasp the cube and bring it to a goal up to 0.3 m above the table"),
+              "grasp the cube and bring it to a goal up to 0.3 m above the table",
+              Placement("cube", CENTRE), PICK_PARAPHRASES),
     PandaTask("PickCubeLowGoal-v1", "lift the red cube slightly and hold it at the green target", 50,
-              "PickCube with the goal at most 0.05 m above the resting cube (the razor experiment's new task)"),
+              "PickCube with the goal at most 0.05 m above the resting cube (success counts a cube that reached "
+              "the goal even if it was let go)", Placement("cube", CENTRE), HOLD_PARAPHRASES),
+    PandaTask("PickCubeLowGoal-v2", "lift the red cube slightly and hold it at the green target", 50,
+              "PickCubeLowGoal-v1 where success needs the cube still held at the goal, as the instruction says "
+              "(the razor experiment's new task)", Placement("cube", CENTRE), HOLD_PARAPHRASES),
     PandaTask("StackCube-v1", "stack the red cube on top of the green cube", 50,
-              "grasp the red cube and release it resting on the green one"),
+              "grasp the red cube and release it resting on the green one",
+              Placement("cubeA", CENTRE, ("cubeB",)),
+              ("put the red block on top of the green block", "place the red cube onto the green one",
+               "set the red box down on the green box")),
     PandaTask("PushCube-v1", "push the blue cube forward onto the target", 50,
-              "push the cube 0.2 m along +x into the target region"),
+              "push the cube 0.2 m along +x into the target region",
+              Placement("obj", CENTRE, ("goal_region",)),
+              ("shove the blue block ahead onto the red and white circle",
+               "slide the blue cube away from you to the target", "nudge the blue box forwards until it is on the goal")),
     PandaTask("PullCube-v1", "pull the blue cube back onto the target", 50,
-              "pull the cube 0.2 m along -x into the target region"),
+              "pull the cube 0.2 m along -x into the target region",
+              Placement("obj", CENTRE, ("goal_region",)),
+              ("drag the blue block backwards onto the red and white circle",
+               "bring the blue cube towards you to the target", "draw the blue box back until it is on the goal")),
     PandaTask("PlaceSphere-v1", "place the blue ball into the shallow bin", 50,
-              "grasp the sphere and release it in the bin"),
+              "grasp the sphere and release it in the bin",
+              Placement("obj", Region((-0.1, -0.05), (-0.1, 0.1)), ("bin",)),
+              ("put the blue sphere in the flat container", "drop the blue ball inside the low box",
+               "set the blue globe down in the tray")),
     PandaTask("LiftPegUpright-v1", "lift the peg and stand it upright on the table", 50,
-              "turn a peg lying on the table to stand on its end"),
+              "turn a peg lying on the table to stand on its end",
+              Placement("peg", CENTRE),
+              ("stand the stick up on its end", "turn the lying peg so it points straight up",
+               "set the rod upright on the table")),
     PandaTask("PokeCube-v1", "use the peg to poke the red cube onto the target", 50,
-              "grasp the peg and push the cube with its head"),
+              "grasp the peg and push the cube with its head",
+              Placement("peg", CENTRE, ("cube", "goal_region")),
+              ("push the red block onto the goal with the stick", "shove the red cube to the target using the rod",
+               "poke the red box onto the circle with the peg")),
     PandaTask("PullCubeTool-v1", "use the L-shaped tool to pull the blue cube closer", 100,
-              "pull an out-of-reach cube with a hook-shaped tool"),
+              "pull an out-of-reach cube with a hook-shaped tool",
+              Placement("l_shape_tool", Region((-0.3, -0.1), (-0.3, -0.1)), ("cube",)),
+              ("hook the blue block with the tool and drag it towards the robot",
+               "use the hook to bring the blue cube within reach", "draw the blue box closer with the L tool")),
 )
-CUSTOM_ENV_IDS = {"PickCubeLowGoal-v1"}  # defined in vla_cl.envs.maniskill_tasks
+TASKS_BY_ENV_ID = {task.env_id: task for task in PANDA_TASKS}
+CUSTOM_ENV_IDS = {"PickCubeLowGoal-v1", "PickCubeLowGoal-v2"}  # defined in vla_cl.envs.maniskill_tasks
 
 for _task in PANDA_TASKS:
     register(
@@ -206,6 +244,7 @@ for _task in PANDA_TASKS:
             instruction=_task.instruction,
             max_episode_steps=_task.max_episode_steps,
             description=_task.description,
+            paraphrases=_task.paraphrases,
         )
     )
 
@@ -235,4 +274,6 @@ def make_panda_task(spec: TaskSpec, options: EnvOptions) -> VLAEnv:
         state_fn=state_fn_for(spec.backend_id),
         action_adapter=panda_action_adapter(),
         camera="base_camera",
+        placement=TASKS_BY_ENV_ID[spec.backend_id].placement,
+        restyle=TableRestyler(),
     )

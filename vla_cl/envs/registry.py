@@ -18,6 +18,9 @@ TASK_MODULES: list[str] = ["vla_cl.envs.panda", "vla_cl.envs.bridge"]
 
 OBS_MODES = ("state", "rgb", "both")
 OUT_OF_RANGE = ("clip", "refuse")
+LAYOUTS = ("grid", "off_grid", "random")
+INSTRUCTIONS = ("default", "paraphrase")
+VISUALS = ("default", "shifted")
 
 
 @dataclasses.dataclass
@@ -32,10 +35,19 @@ class EnvOptions:
     privileged_state: bool = option(True, "append object/goal state to proprioception (for CPU-scale policies)")
     out_of_range: str = option("clip", "actions outside the action space: clip them or refuse (ValueError)")
     seed: Optional[int] = option(None, "seed for the first reset when reset() gets none")
+    layout: str = option("grid", "initial object positions: grid (the training grid), off_grid (held-out points "
+                         "between grid points) or random (the simulator's own continuous draw)")
+    instruction: str = option("default", "the episode's instruction: default (the task's) or paraphrase (one of "
+                              "the task's held-out paraphrases, drawn per episode from its seed)")
+    visual: str = option("default", "scene appearance: default, or shifted (table colour and texture and the "
+                         "lighting drawn per episode from its seed; changes images only)")
 
     def __post_init__(self) -> None:
         require_choice("obs_mode", self.obs_mode, OBS_MODES)
         require_choice("out_of_range", self.out_of_range, OUT_OF_RANGE)
+        require_choice("layout", self.layout, LAYOUTS)
+        require_choice("instruction", self.instruction, INSTRUCTIONS)
+        require_choice("visual", self.visual, VISUALS)
         require(16 <= self.image_size <= 1024, "image_size", self.image_size, "16..1024")
         if self.render_size is not None:
             require(16 <= self.render_size <= 1024, "render_size", self.render_size, "16..1024 or None")
@@ -57,6 +69,21 @@ class TaskSpec:
     assets: tuple[str, ...] = ()  # asset ids the task needs (ManiSkill's download names)
     description: str = ""
     extra: tuple[tuple[str, Any], ...] = ()  # task-specific settings the factory reads
+    paraphrases: tuple[str, ...] = ()  # held-out rewordings of the instruction (never used in training)
+    layouts: tuple[str, ...] = LAYOUTS  # the EnvOptions.layout values the task supports
+    visuals: tuple[str, ...] = VISUALS  # the EnvOptions.visual values the task supports
+
+    def check_options(self, options: EnvOptions) -> None:
+        """Refuse a variation the task cannot produce, naming the option and what the task offers."""
+        if options.layout not in self.layouts:
+            raise ValueError(f"task {self.task_id} does not support layout={options.layout!r} "
+                             f"(it supports: {', '.join(self.layouts)})")
+        if options.visual not in self.visuals:
+            raise ValueError(f"task {self.task_id} does not support visual={options.visual!r} "
+                             f"(it supports: {', '.join(self.visuals)})")
+        if options.instruction == "paraphrase" and not self.paraphrases:
+            raise ValueError(f"task {self.task_id} has no held-out paraphrases, so instruction='paraphrase' "
+                             "is not available for it")
 
 
 _REGISTRY: dict[str, TaskSpec] = {}
@@ -98,6 +125,8 @@ def make(task_id: str, **options: Any):
     unknown = sorted(set(options) - valid)
     if unknown:
         raise ValueError(f"unknown option(s) {unknown} for make({task_id!r}); valid options: {sorted(valid)}")
+    env_options = EnvOptions(**options)
+    spec.check_options(env_options)
     module, _, attr = spec.factory.partition(":")
     factory = getattr(importlib.import_module(module), attr)
-    return factory(spec, EnvOptions(**options))
+    return factory(spec, env_options)

@@ -15,6 +15,11 @@ training and evaluation truncate identically whatever wrappers the backend's ``g
 NaN/inf actions raise ValueError; out-of-range actions are clipped or refused (``EnvOptions.out_of_range``)
 and counted in ``info["clipped_actions"]`` (per episode) and :attr:`VLAEnv.clipped_actions`.
 
+Variations (``EnvOptions.layout``, ``instruction``, ``visual``; :mod:`vla_cl.envs.variation`): after the
+backend's reset the task's ``placement`` moves the manipulated object onto (or off) the training grid,
+the instruction may be replaced by one of the task's held-out paraphrases, and ``restyle`` may change the
+scene's appearance, each drawn from its own stream of the episode's seed.
+
 Seeding: ``reset(seed=s)`` places the scene exactly as any other env of the task does with ``s``
 (``EnvOptions.seed`` seeds the first reset when none is given). The same actions then give the same
 rollout, bit for bit in a fresh env; an env that already ran other episodes can differ by ~1e-7 in
@@ -34,6 +39,7 @@ import numpy as np
 
 from vla_cl.envs.maniskill import render_frame, to_numpy
 from vla_cl.envs.registry import EnvOptions, TaskSpec
+from vla_cl.envs.variation import INSTRUCTION_STREAM, LAYOUT_STREAM, VISUAL_STREAM, Placement, episode_rng
 
 ACTION_DIM = 7
 ACTION_NAMES = ("x", "y", "z", "roll", "pitch", "yaw", "gripper")
@@ -102,6 +108,7 @@ def describe_entries(action: np.ndarray, bad: np.ndarray) -> str:
 StateFn = Callable[[Any, bool], np.ndarray]
 InstructionFn = Callable[[Any], str]
 ImageFn = Callable[[Any, Any], np.ndarray]
+RestyleFn = Callable[[Any, np.random.Generator], None]
 
 
 class VLAEnv(gym.Env):
@@ -113,6 +120,8 @@ class VLAEnv(gym.Env):
     ``instruction_fn(sim) -> str``: the episode's instruction (default: ``spec.instruction``).
     ``image_fn(sim, raw_obs) -> (H, W, 3) uint8``: the observation image (default: the ``camera``
     sensor's rgb, or the first camera's, resized to ``options.image_size`` with area interpolation).
+    ``placement``: how the task's objects go onto the training grid (tasks without one support only the
+    backend's own layouts); ``restyle(sim, rng)``: the task's ``visual="shifted"`` appearance.
     """
 
     metadata: ClassVar[dict] = {"render_modes": ["rgb_array"]}
@@ -128,7 +137,12 @@ class VLAEnv(gym.Env):
         instruction_fn: InstructionFn | None = None,
         image_fn: ImageFn | None = None,
         camera: str | None = None,
+        placement: Placement | None = None,
+        restyle: RestyleFn | None = None,
     ):
+        if (placement is None and options.layout != "grid") or (restyle is None and options.visual != "default"):
+            raise ValueError(f"{spec.task_id}: its factory gives no way to produce layout={options.layout!r} "
+                             f"visual={options.visual!r}; declare the task's layouts and visuals in its TaskSpec")
         self.raw_env = raw_env
         self.sim = raw_env.unwrapped
         self.task_spec = spec
@@ -138,6 +152,8 @@ class VLAEnv(gym.Env):
         self.instruction_fn = instruction_fn
         self.image_fn = image_fn
         self.camera = camera
+        self.placement = placement
+        self.restyle = restyle
         self.max_episode_steps = options.max_episode_steps or spec.max_episode_steps
         self.render_mode = "rgb_array" if options.render_size is not None else None
         self.action_space = gym.spaces.Box(action_adapter.low, action_adapter.high, dtype=np.float32)
@@ -230,12 +246,31 @@ class VLAEnv(gym.Env):
             self._next_seed = None
         super().reset(seed=seed)
         raw_obs, raw_info = self.sim.reset(seed=seed, options=options)
+        if self._vary_scene(seed):  # the backend's observation and info describe the scene before the change
+            raw_obs, raw_info = self.sim.get_obs(), self.sim.get_info()
         self.elapsed_steps = 0
         self.clipped_actions = 0
-        self.instruction = self.instruction_fn(self.sim) if self.instruction_fn else self.task_spec.instruction
+        self.instruction = self._episode_instruction(seed)
         info = plain(raw_info)
         info.update(success=bool(info.get("success", False)), clipped_actions=0, elapsed_steps=0)
         return self._observation(raw_obs), info
+
+    def _vary_scene(self, seed: int | None) -> bool:
+        """Apply the layout and visual options to the freshly reset scene; True if anything moved or changed."""
+        changed = False
+        if self.placement is not None and self.options.layout != "random":
+            self.placement.apply(self.sim, self.options.layout, episode_rng(seed, LAYOUT_STREAM, self.np_random))
+            changed = True
+        if self.options.visual == "shifted":
+            self.restyle(self.sim, episode_rng(seed, VISUAL_STREAM, self.np_random))
+            changed = True
+        return changed
+
+    def _episode_instruction(self, seed: int | None) -> str:
+        if self.options.instruction == "paraphrase":
+            paraphrases = self.task_spec.paraphrases
+            return paraphrases[int(episode_rng(seed, INSTRUCTION_STREAM, self.np_random).integers(len(paraphrases)))]
+        return self.instruction_fn(self.sim) if self.instruction_fn else self.task_spec.instruction
 
     def step(self, action: Any):
         action, clipped = self.check_action(action)
