@@ -71,6 +71,25 @@ COMMANDS: dict[str, Command] = {
             "vla_cl.updaters.command:run",
         ),
         Command(
+            "pretrain",
+            "Train a multi-task pi0 by behaviour cloning on scripted-expert demonstrations, then measure it on a suite.",
+            "vla_cl.updaters.pretrain:PretrainConfig",
+            "vla_cl.updaters.pretrain:run",
+        ),
+        Command(
+            "eval",
+            "Evaluate a policy (checkpoint, expert or random) on a suite: success per task and axis with intervals.",
+            "vla_cl.evaluation.command:EvalConfig",
+            "vla_cl.evaluation.command:run",
+        ),
+        Command(
+            "continual",
+            "Fine-tune on tasks one after another, evaluating the suite after each stage (LIBERO / Continual "
+            "World metrics).",
+            "vla_cl.evaluation.continual_command:ContinualConfig",
+            "vla_cl.evaluation.continual_command:run",
+        ),
+        Command(
             "razor",
             "The main job: the RL's Razor experiment on the embedded default (runs what is built so far).",
             "vla_cl.razor:RazorConfig",

@@ -148,6 +148,40 @@ def collect_demos(task_id: str, n_episodes: int, *, seed: int = 0, obs_mode: str
     return Demos(arrays, meta)
 
 
+def merge_demos(sets: list[Demos]) -> Demos:
+    """Several demonstration sets (of different tasks) as one: episodes renumbered in order, each keeping
+    its own instruction, so that one instruction-conditioned policy learns them all. The sets must share
+    observation mode, state size and action statistics (tokens must mean the same actions)."""
+    if not sets:
+        raise ValueError("merge_demos needs at least one demonstration set")
+    first = sets[0].meta
+    for demos in sets[1:]:
+        for key in ("obs_mode", "state_dim", "image_size", "action_stats"):
+            if demos.meta.get(key) != first.get(key):
+                raise ValueError(f"cannot merge demonstrations of {first['task_id']} and {demos.meta['task_id']}: "
+                                 f"their {key} differ ({first.get(key)!r} vs {demos.meta.get(key)!r})")
+    offsets = np.cumsum([0] + [d.num_episodes for d in sets[:-1]])
+    arrays = {name: np.concatenate([d.arrays[name] for d in sets]) for name in sets[0].arrays}
+    arrays["episode_index"] = np.concatenate([d.arrays["episode_index"] + off for d, off in zip(sets, offsets)])
+    counts = {key: sum(d.meta["counts"][key] for d in sets) for key in ("episodes", "steps", "attempts")}
+    meta = {
+        **{key: first[key] for key in ("format_version", "obs_mode", "state_dim", "image_size", "action_stats")},
+        "task_id": "+".join(d.meta["task_id"] for d in sets),
+        "task_ids": [d.meta["task_id"] for d in sets],
+        "instruction": first["instruction"],
+        "instructions": [text for d in sets for text in d.meta["instructions"]],
+        "episode_seeds": [seed for d in sets for seed in d.meta["episode_seeds"]],
+        "episode_lengths": [n for d in sets for n in d.meta["episode_lengths"]],
+        "counts": counts,
+        "success_rate": sum(d.meta["success_rate"] * d.meta["counts"]["attempts"] for d in sets) / counts["attempts"],
+        "only_success": all(d.meta.get("only_success", True) for d in sets),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    merged = Demos(arrays, meta)
+    validate(merged.arrays, merged.meta, "merged demonstrations")
+    return merged
+
+
 def save_demos(demos: Demos, folder: str | Path) -> Path:
     from safetensors.numpy import save_file
 

@@ -14,12 +14,14 @@ from vla_cl.envs.maniskill import import_maniskill
 
 import_maniskill()
 
+import torch
 from mani_skill.envs.tasks.tabletop.pick_cube import PickCubeEnv
 from mani_skill.utils.registration import REGISTERED_ENVS, register_env
 from mani_skill.utils.structs.pose import Pose
 
 LOW_GOAL_ID = "PickCubeLowGoal-v1"
 HOLD_ID = "PickCubeLowGoal-v2"
+HOLD_STEPS = 5
 LOW_GOAL_MAX_HEIGHT = 0.05  # m above the resting cube's centre
 
 
@@ -40,11 +42,23 @@ class PickCubeLowGoalEnv(PickCubeEnv):
 
 
 class PickCubeLowGoalHoldEnv(PickCubeLowGoalEnv):
-    """PickCubeLowGoal whose success also needs the cube grasped (held at the goal, robot still)."""
+    """PickCubeLowGoal whose success needs the cube held at the goal for ``HOLD_STEPS`` steps."""
+
+    hold_steps = HOLD_STEPS
 
     def evaluate(self):
         info = super().evaluate()
-        info["success"] = info["success"] & info["is_grasped"]
+        holding = info["success"] & info["is_grasped"]
+        # evaluate() may run more than once per step (ManiSkill's reset, our layout change): count each
+        # control step once, and restart the count with every episode.
+        steps = self.elapsed_steps.clone()
+        if not hasattr(self, "_held") or self._held.shape != holding.shape:
+            self._held, self._counted = torch.zeros_like(steps), torch.full_like(steps, -1)
+        new = steps != self._counted
+        self._held = torch.where(steps == 0, 0, torch.where(new, torch.where(holding, self._held + 1, 0), self._held))
+        self._counted = steps
+        info["held_steps"] = self._held.clone()
+        info["success"] = self._held >= self.hold_steps
         return info
 
 

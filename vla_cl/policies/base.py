@@ -130,6 +130,25 @@ class Policy(nn.Module, abc.ABC):
     def config_dict(self) -> dict[str, Any]:
         """The JSON-serialisable constructor arguments (without the tokenizer), for checkpoints."""
 
+    # ------------------------------------------------------------------ what it observes
+
+    @property
+    def state_size(self) -> int:
+        """Length of the state vector the policy reads (0: it reads no state)."""
+        return int(getattr(self, "state_dim", 0) or 0)
+
+    @property
+    def image_size(self) -> int | None:
+        """Side of the square images the policy reads (None: it reads no image). Policies whose vision
+        encoder is ``self.vision`` report its ``image_size``."""
+        vision = getattr(self, "vision", None)
+        return None if vision is None else int(vision.image_size)
+
+    @property
+    def observation_keys(self) -> frozenset[str]:
+        """The observation entries the policy reads: ``state`` and/or ``image`` (besides the instruction)."""
+        return frozenset(k for k, on in (("state", self.state_size > 0), ("image", self.image_size is not None)) if on)
+
     # ------------------------------------------------------------------ optional capabilities
 
     @property

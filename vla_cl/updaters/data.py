@@ -124,13 +124,14 @@ class PolicyActor:
     it chose for each env slot (``tokens``) so the caller can pair them with the steps."""
 
     def __init__(self, policy: Policy, generator: torch.Generator | None, greedy: bool = False,
-                 device: torch.device | str = "cpu"):
+                 device: torch.device | str = "cpu", temperature: float = 1.0):
         self.policy, self.generator, self.greedy, self.device = policy, generator, greedy, device
+        self.temperature = temperature
         self.tokens: torch.Tensor | None = None
 
     def __call__(self, observations: list[dict]) -> np.ndarray:
         obs = ObsBatch.from_observations(observations).to(self.device)
-        sample = self.policy.generate(obs, greedy=self.greedy, generator=self.generator)
+        sample = self.policy.generate(obs, greedy=self.greedy, temperature=self.temperature, generator=self.generator)
         self.tokens = sample.tokens.cpu()
         return sample.actions
 

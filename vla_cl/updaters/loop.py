@@ -120,10 +120,14 @@ def train(
     stream = DemoStream(demos, policy, updater.config.batch_size, derived_seed(seed, DEMOS)) \
         if updater.source == "demos" and demos is not None else None
     check_setup(policy, updater, stream, teacher, device)
+    if env is None and updater.source != "demos":
+        raise ValueError(f"updater {updater.name!r} collects episodes: pass the task's env")
     policy.mark_reference()
     optimizer = make_optimizer(policy.trainable_parameters(), updater.config)
     total_steps = config.iterations * updater.config.steps_per_iteration
-    probe = kl_probe(policy, env, config, run_dir, seed, device)
+    # Without an env (training on demonstrations alone, e.g. pretraining pi0) there is no evaluation and
+    # no KL probe: the caller evaluates the result on a suite.
+    probe = kl_probe(policy, env, config, run_dir, seed, device) if env is not None else None
 
     resumed = ckpt.load_checkpoint(run_dir.artifacts / "checkpoints", policy, optimizer)
     start = 0 if resumed is None else resumed["iteration"]
@@ -147,8 +151,8 @@ def train(
     refresh_due = False  # the envs hold episodes from before the last checkpoint, which a resumed run's lack
     for iteration in bar:
         started = time.perf_counter()
-        evaluating = due(iteration, config.eval_every, config.iterations)
-        if refresh_due and config.refresh_envs and (updater.source != "demos" or evaluating):
+        evaluating = env is not None and due(iteration, config.eval_every, config.iterations)
+        if refresh_due and config.refresh_envs and env is not None and (updater.source != "demos" or evaluating):
             refresh(env, seed)
             refresh_due = False
         data, data_metrics = collect(policy, updater, env, config, seed, iteration, stream, teacher, device)
@@ -297,8 +301,12 @@ def optimise(policy: Policy, updater: Updater, batch: Batch, optimizer: torch.op
 
 
 def evaluate(policy: Policy, env: Any, config: LoopConfig, seed: int, device: torch.device) -> dict[str, float]:
-    """Success rate, return and length over the same ``eval_episodes`` seeded episodes every time."""
+    """Success rate, return and length over the same ``eval_episodes`` seeded episodes every time (nothing
+    without an env)."""
     from vla_cl.envs.vector import rollout, summarize
+
+    if env is None:
+        return {}
 
     actor = PolicyActor(policy, generator(seed, EVAL_SAMPLE), config.eval_greedy, device)
     episodes = rollout(actor, env, config.eval_episodes, seed=derived_seed(seed, EVAL))
@@ -336,6 +344,8 @@ def probe_logits_fn(policy: Policy, device: torch.device):
 
 
 def probe_metrics(probe: Any, policy: Policy) -> dict[str, float]:
+    if probe is None:
+        return {}
     estimate = probe.measure(probe_logits_fn(policy, next(policy.parameters()).device))
     return {"kl/mean": estimate.mean, "kl/std_error": estimate.std_error}
 

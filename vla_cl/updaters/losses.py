@@ -184,6 +184,25 @@ def _soft_targets(targets: torch.Tensor, n_support: int, shape: torch.Size) -> N
         raise ValueError(f"soft targets must sum to 1 over the support, got a row off by {worst:.3g}")
 
 
+def gaussian_token_targets(tokens: torch.Tensor, sigma: float, support: range | slice) -> torch.Tensor:
+    """Soft labels for behaviour cloning on discretised actions: around each target token id, a Gaussian over
+    the support's neighbouring bins, q_j proportional to exp(-(j - t)^2 / (2 sigma^2)) with j and t positions
+    in the support (adjacent token ids are adjacent bins), shape ``tokens.shape + (n_support,)``.
+
+    Neighbouring bins are neighbouring actions, but hard labels treat them as unrelated classes, so a
+    categorical head learns the ordering slowly; Gaussian targets ("HL-Gauss", Imani & White 2018; Farebrother
+    et al. 2024) teach it directly. ``sigma`` is in bins; a target at the edge of the support gets the part of
+    its Gaussian that lies inside, renormalised. ``support``: the token ids of the bins (``policy.action_support``)."""
+    if not sigma > 0:
+        raise ValueError(f"sigma must be > 0 bins, got {sigma!r} (use hard targets for sigma = 0)")
+    start, stop = support.start, support.stop
+    if not bool(((tokens >= start) & (tokens < stop)).all()):
+        raise ValueError(f"tokens must lie in the support [{start}, {stop}), got ids {int(tokens.min())}..{int(tokens.max())}")
+    positions = torch.arange(stop - start, device=tokens.device, dtype=torch.float32)
+    offsets = (positions - (tokens.long() - start).unsqueeze(-1).float()) / sigma
+    return torch.softmax(-0.5 * offsets * offsets, dim=-1)
+
+
 def sft_loss(
     logits: torch.Tensor,
     targets: torch.Tensor,

@@ -1,6 +1,7 @@
 """Supervised updaters: cross-entropy on action tokens, differing in where the targets come from.
 
-* ``sft``: behaviour cloning on a demonstration set (hard targets: the demonstrated action's tokens).
+* ``sft``: behaviour cloning on a demonstration set (hard targets: the demonstrated action's tokens, or
+  Gaussian soft labels over the neighbouring bins with ``label_sigma`` > 0).
 * ``sft_kl``: ``sft`` plus ``kl_coef`` (beta, > 0) * KL(pi0 || pi) on the same demonstration states, the
   new task's states: SFT pulled back towards pi0 where it is being trained.
 * ``rft``: SFT on the policy's own successful episodes of each iteration (rejection-sampling fine-tuning;
@@ -38,7 +39,7 @@ from vla_cl.config import option, require, require_choice
 from vla_cl.kl import resolve_support
 from vla_cl.updaters.base import REDUCTION, DatasetConfig, RolloutConfig, Updater
 from vla_cl.updaters.data import Batch, Rollouts, batched
-from vla_cl.updaters.losses import Terms, sft_loss
+from vla_cl.updaters.losses import Terms, gaussian_token_targets, sft_loss
 
 DISTILL_TARGETS = ("distribution", "tokens")
 
@@ -67,7 +68,12 @@ def cross_entropy(policy, logits: torch.Tensor, targets: torch.Tensor) -> Terms:
 
 @dataclasses.dataclass
 class SFTConfig(DatasetConfig):
-    pass
+    label_sigma: float = option(0.0, "Gaussian soft labels around the demonstrated token, sigma in bins "
+                                "(0 = hard labels); see losses.gaussian_token_targets")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(self.label_sigma >= 0, "label_sigma", self.label_sigma, ">= 0 bins (0 = hard labels)")
 
 
 class SFT(Updater):
@@ -79,11 +85,13 @@ class SFT(Updater):
         return data
 
     def objective(self, policy, batch: Batch, logits: torch.Tensor) -> Terms:
-        return cross_entropy(policy, logits, batch.tokens)
+        sigma = self.config.label_sigma
+        targets = batch.tokens if sigma == 0 else gaussian_token_targets(batch.tokens, sigma, policy.action_support)
+        return cross_entropy(policy, logits, targets)
 
 
 @dataclasses.dataclass
-class SFTKLConfig(DatasetConfig):
+class SFTKLConfig(SFTConfig):
     kl_coef: float = option(0.1, "beta: weight of KL(pi0 || pi) on the demonstration states (> 0)")
 
     def __post_init__(self) -> None:

@@ -132,6 +132,10 @@ class OpenVLAPolicy(Policy):
     name = "openvla"
     autoregressive = True
 
+    @property
+    def image_size(self) -> int:
+        return int(self.config.image_size)
+
     def __init__(
         self,
         config: OpenVLAConfig,

@@ -1,0 +1,215 @@
+"""``vla-cl continual``: fine-tune on tasks one after another and measure what each stage kept.
+
+    vla-cl continual init=runs/pi0/artifacts/policy tasks=[maniskill/PushCube-v1,maniskill/PullCube-v1] \
+        updater=ppo iterations=20 train=[updater.lr=3e-4]
+
+Stage i fine-tunes the policy left by stage i-1 (stage 0: ``init``) on ``tasks[i]`` with ``vla-cl train``
+(any updater; ``train`` passes further train overrides; updaters that learn from demonstrations get the
+task's expert demonstrations, recorded once into ``artifacts/demos``), in ``stage_<i>/``. The loop's own
+evaluations of the stage's task during its training (every ``eval_every`` iterations) form the
+during-training curve; after the stage, the whole suite is evaluated (``stage_<i>/eval``; by default the
+sequence's tasks on the in-distribution axis). With ``reference=true`` each task is also trained alone,
+from a policy freshly built (from scratch) with the same updater and budget, in ``reference_<i>/``: Continual
+World's single-task reference for forward transfer.
+
+Outputs: ``summary.json`` with the task x stage success matrix, the during-training curves and every
+metric of :func:`vla_cl.evaluation.continual.continual_metrics` (LIBERO FWT, NBT, AUC; Continual World
+average performance, forgetting, forward transfer), ``matrix.md`` and the heat map ``artifacts/matrix.png``.
+Every stage resumes where it stopped when the command is started again with the same out_dir.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vla_cl.config import RunConfig, option, require
+from vla_cl.runs import RunDir
+
+
+@dataclasses.dataclass
+class ContinualConfig(RunConfig):
+    init: str | None = option(None, "pi0: the policy checkpoint folder the first stage starts from (required)")
+    tasks: list = option([], "the tasks to learn, in order (at least 2)")  # noqa: RUF009
+    updater: str = option("ppo", "the updater of every stage (vla-cl train updater=...)")
+    iterations: int = option(10, "training iterations per stage")
+    train: list = option([], "further `vla-cl train` overrides for every stage, e.g. [updater.lr=3e-4]")  # noqa: RUF009
+    demos: int = option(50, "expert demonstrations per task, for updaters that learn from demonstrations")
+    suite: str | None = option(None, "suite evaluated after each stage (None: the tasks, in_distribution)")
+    eval_episodes: int = option(20, "episodes per task when suite is None")
+    reference: bool = option(False, "also train each task alone from scratch (Continual World's forward transfer)")
+    workers: int = option(1, "worker processes for evaluations and demonstrations", affects_results=False)
+    progress: bool = option(True, "show progress bars", affects_results=False)
+
+    def __post_init__(self) -> None:
+        from vla_cl.envs import get_spec
+        from vla_cl.updaters.registry import get_updater_class
+
+        require(self.init is not None, "init", self.init, "a policy checkpoint folder (e.g. `vla-cl pretrain`'s)")
+        from vla_cl.updaters.command import _checkpoint_config
+
+        _checkpoint_config("init", self.init)
+        self.tasks = list(self.tasks)
+        require(len(self.tasks) >= 2 and len(set(self.tasks)) == len(self.tasks), "tasks", self.tasks,
+                "at least 2 distinct task ids, in training order")
+        for task in self.tasks:
+            try:
+                get_spec(task)
+            except ValueError as error:
+                raise ValueError(f"invalid value for tasks: {error}") from None
+        try:
+            source = get_updater_class(self.updater).source
+        except ValueError as error:
+            raise ValueError(f"invalid value for updater: {error}") from None
+        require(source != "teacher", "updater", self.updater, "an updater that needs no teacher policy")
+        if source == "demos":
+            from vla_cl.envs.experts import has_expert
+
+            lacking = [t for t in self.tasks if not has_expert(t)]
+            require(not lacking, "tasks", lacking, f"tasks with scripted experts (updater {self.updater} learns "
+                    "from demonstrations)")
+        require(self.iterations >= 1, "iterations", self.iterations, "an integer >= 1")
+        require(self.demos >= 1, "demos", self.demos, "an integer >= 1")
+        require(self.eval_episodes >= 1, "eval_episodes", self.eval_episodes, "an integer >= 1")
+        require(self.workers >= 1, "workers", self.workers, "an integer >= 1")
+        suite = self.suite_config()
+        missing = [t for t in self.tasks if t not in suite.task_ids]
+        require(not missing, "suite", self.suite, f"a suite holding every task of the sequence (lacks {missing})")
+        if source == "demos":  # the demonstrations are recorded by the run: check the override keys only
+            from vla_cl.cli.compose import ConfigError, _check_override_keys
+            from vla_cl.cli.registry import COMMANDS
+
+            try:
+                _check_override_keys("train", COMMANDS["train"].load_config_class(), list(self.train))
+            except ConfigError as error:
+                raise ValueError(f"invalid value for train: {error}") from None
+        else:  # the train command validates every stage's config now, before any work
+            for i, task in enumerate(self.tasks):
+                self._stage_config(i, task, self.init, None, Path("/nonexistent"))
+
+    def suite_config(self):
+        from vla_cl.evaluation.suite import SuiteConfig, load_suite
+
+        if self.suite is not None:
+            return load_suite(self.suite)
+        return SuiteConfig(name="continual", tasks=list(self.tasks), episodes=self.eval_episodes)
+
+    def _stage_config(self, index: int, task: str, init: str | None, demos: Path | None, out_dir: Path):
+        from vla_cl.cli.compose import ConfigError, compose
+        from vla_cl.cli.registry import COMMANDS
+
+        overrides = [f"updater={self.updater}", f"task={task}", f"iterations={self.iterations}",
+                     f"seed={self.seed + index}", f"out_dir={out_dir}", f"progress={self.progress}",
+                     *([f"init={init}"] if init else ["policy_preset=default"]),
+                     *([f"demos={demos}"] if demos is not None else []), *self.train]
+        try:
+            return compose("train", COMMANDS["train"].load_config_class(), overrides)
+        except (ConfigError, ValueError) as error:
+            raise ValueError(f"invalid value for train (stage {index}, {task}): {error}") from None
+
+
+def _source(updater: str) -> str:
+    from vla_cl.updaters.registry import get_updater_class
+
+    return get_updater_class(updater).source
+
+
+# ------------------------------------------------------------------------------------------ running
+
+
+def _train_stage(config: Any) -> Path:
+    """Run (or resume) one `vla-cl train` stage; returns its final policy folder."""
+    from vla_cl.cli.registry import COMMANDS
+
+    stage_dir = RunDir.open(config.out_dir, "train", config)
+    COMMANDS["train"].load_run()(config, stage_dir)
+    return stage_dir.artifacts / "policy"
+
+
+def during_curve(stage_dir: Path) -> list[float]:
+    """The stage task's success at each of the training loop's evaluations (iteration 0 included)."""
+    metrics = RunDir(stage_dir, "train").read_metrics()
+    return [m["eval/success_rate"] for m in metrics if m.get("eval/success_rate") is not None]
+
+
+def heatmap(matrix: np.ndarray, tasks: list[str], path: Path, title: str = "success after each stage") -> Path:
+    """The stage x task success matrix as an annotated heat map (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [t.split("/")[-1] for t in tasks]
+    fig, ax = plt.subplots(figsize=(1.6 + 1.3 * len(tasks), 1.2 + 0.7 * matrix.shape[0]))
+    image = ax.imshow(matrix, vmin=0, vmax=1, cmap="viridis")
+    ax.set_xticks(range(len(tasks)), names, rotation=30, ha="right")
+    ax.set_yticks(range(matrix.shape[0]), [f"after stage {i}: {names[i]}" if i < len(names) else f"stage {i}"
+                                            for i in range(matrix.shape[0])])
+    for (i, j), value in np.ndenumerate(matrix):
+        ax.text(j, i, f"{value:.2f}", ha="center", va="center", color="white" if value < 0.6 else "black")
+    ax.set_xlabel("evaluated task")
+    ax.set_title(title)
+    fig.colorbar(image, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def matrix_markdown(matrix: np.ndarray, tasks: list[str], metrics: dict[str, Any]) -> str:
+    names = [t.split("/")[-1] for t in tasks]
+    lines = ["| after stage | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for i, row in enumerate(matrix):
+        lines.append(f"| {i}: {names[i]} | " + " | ".join(f"{v:.2f}" for v in row) + " |")
+    fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
+    lines += ["", "| metric | value |", "|---|---|",
+              f"| LIBERO FWT (higher is better) | {fmt(metrics['fwt'])} |",
+              f"| LIBERO NBT (lower is better; mean over the first K-1 tasks) | {fmt(metrics['nbt'])} |",
+              f"| LIBERO AUC (higher is better) | {fmt(metrics['auc'])} |",
+              f"| Continual World average performance | {fmt(metrics['average_performance'])} |",
+              f"| Continual World forgetting (mean over the first K-1 tasks) | {fmt(metrics['forgetting'])} |",
+              f"| Continual World forward transfer | {fmt(metrics['forward_transfer'])} |"]
+    return "\n".join(lines) + "\n"
+
+
+def run(config: ContinualConfig, run_dir: RunDir) -> int:
+    from vla_cl.evaluation.continual import continual_metrics
+    from vla_cl.evaluation.runner import Evaluator
+    from vla_cl.files import write_text_atomic
+    from vla_cl.updaters.pretrain import expert_demos, task_slug
+
+    suite = config.suite_config()
+    demos: dict[str, Path] = {}
+    if _source(config.updater) == "demos":
+        root = run_dir.artifacts / "demos"
+        expert_demos(config.tasks, config.demos, config.seed, root, workers=config.workers, log=run_dir.log)
+        demos = {t: root / task_slug(t) for t in config.tasks}
+    rows, during, reference = [], [], []
+    policy: str = config.init
+    with Evaluator(suite, workers=config.workers, progress=config.progress) as evaluate:
+        for i, task in enumerate(config.tasks):
+            stage = run_dir.path / f"stage_{i}"
+            print(f"[continual] stage {i}: {config.updater} on {task}", flush=True)
+            policy = str(_train_stage(config._stage_config(i, task, policy, demos.get(task), stage)))
+            result = evaluate(policy, out_dir=stage / "eval", label=f"after stage {i}")
+            rows.append([result.success(t) for t in config.tasks])
+            during.append(during_curve(stage))
+            run_dir.log(event="stage", stage=i, task=task, success=dict(zip(config.tasks, rows[-1])))
+            if config.reference:
+                ref = run_dir.path / f"reference_{i}"
+                print(f"[continual] reference {i}: {config.updater} on {task} alone, from scratch", flush=True)
+                _train_stage(config._stage_config(i, task, None, demos.get(task), ref))
+                reference.append(during_curve(ref))
+    matrix = np.asarray(rows)
+    metrics = continual_metrics(matrix, during, reference if config.reference else None).to_dict()
+    heatmap(matrix, config.tasks, run_dir.artifact("matrix.png"))
+    write_text_atomic(run_dir.path / "matrix.md", matrix_markdown(matrix, config.tasks, metrics))
+    run_dir.write_json("summary.json", {"tasks": config.tasks, "matrix": matrix.tolist(), "during": during,
+                                        "reference_during": reference or None, "metrics": metrics,
+                                        "suite": suite.to_dict()})
+    print(matrix_markdown(matrix, config.tasks, metrics))
+    return 0
