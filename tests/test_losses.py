@@ -308,3 +308,19 @@ def test_entropy_bonus_by_hand_and_it_raises_entropy():
     assert val(sequence["entropy"]) == pytest.approx(2 * math.log(2.0))  # D positions add up per action
     masked = entropy_bonus(t([[0.0, float("-inf")]]), coef=1.0)
     assert val(masked["entropy"]) == 0.0  # 0 log 0 = 0, no NaN
+
+
+def test_gaussian_token_targets_by_hand():
+    from vla_cl.updaters.losses import gaussian_token_targets
+
+    support = range(100, 105)  # five bins with ids 100..104
+    q = gaussian_token_targets(torch.tensor([[102, 100]]), 1.0, support)
+    assert q.shape == (1, 2, 5)
+    centre = torch.tensor([math.exp(-2), math.exp(-0.5), 1.0, math.exp(-0.5), math.exp(-2)], dtype=torch.float64)
+    edge = torch.tensor([1.0, math.exp(-0.5), math.exp(-2), math.exp(-4.5), math.exp(-8)], dtype=torch.float64)
+    torch.testing.assert_close(q[0, 0].double(), centre / centre.sum(), atol=1e-6, rtol=0)
+    torch.testing.assert_close(q[0, 1].double(), edge / edge.sum(), atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match="support"):
+        gaussian_token_targets(torch.tensor([[99]]), 1.0, support)
+    with pytest.raises(ValueError, match="sigma"):
+        gaussian_token_targets(torch.tensor([[100]]), 0.0, support)

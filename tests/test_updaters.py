@@ -644,3 +644,33 @@ def test_benchmark_smoke(capsys):
     assert bench.main(["--quick"]) == 0
     table = capsys.readouterr().out
     assert all(f"| {name} " in table for name in UPDATERS) and "samples/s" in table
+
+
+def test_soft_label_sft_and_training_on_demonstrations_without_an_env(demos_dir, tmp_path):
+    """Pretraining's path: sft with Gaussian labels through the one loop with no env (no evaluation, no
+    probe), on two demonstration sets merged into one, each episode keeping its instruction."""
+    from vla_cl.envs.demos import load_demos, merge_demos
+    from vla_cl.runs import RunDir
+    from vla_cl.updaters.loop import LoopConfig, train
+
+    one = load_demos(demos_dir)
+    other = load_demos(demos_dir)
+    other.meta = {**other.meta, "task_id": "toy/other", "instructions": ["do the other thing"] * other.num_episodes}
+    merged = merge_demos([one, other])
+    assert merged.num_episodes == 2 * one.num_episodes and len(merged) == 2 * len(one)
+    assert merged.arrays["episode_index"][len(one)] == one.num_episodes
+    assert merged.meta["instructions"][one.num_episodes] == "do the other thing"
+    policy = toy_policy(value_head=False)
+    before = demo_log_likelihood(policy, DemoStream(merged, policy, batch_size=16, seed=0))
+    updater = make_updater("sft", lr=3e-3, batch_size=16, minibatches=1, label_sigma=1.5)
+    run_dir = RunDir.open(tmp_path / "run", "train", {"x": 1})
+    with pytest.raises(ValueError, match="collects episodes"):
+        train(policy, make_updater("reinforce"), None, LoopConfig(iterations=1), run_dir, seed=0)
+    summary = train(policy, updater, None, LoopConfig(iterations=8, progress=False, tensorboard=False), run_dir,
+                    seed=0, demos=merged)
+    assert "eval/success_rate" not in summary["final"] and "kl/mean" not in summary["final"]
+    assert demo_log_likelihood(policy, DemoStream(merged, policy, batch_size=16, seed=0)) > before + 1.0
+    bad = load_demos(demos_dir)
+    bad.meta = {**bad.meta, "state_dim": bad.meta["state_dim"] + 1}
+    with pytest.raises(ValueError, match="state_dim differ"):
+        merge_demos([one, bad])

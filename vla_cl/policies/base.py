@@ -18,6 +18,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import dataclasses
+import functools
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -97,9 +98,16 @@ class ActionSample:
     """What ``Policy.generate`` returns for a batch."""
 
     tokens: torch.Tensor  # (B, D) vocabulary ids of the action tokens
-    log_probs: torch.Tensor  # (B, D) log pi(token_d | obs, tokens_<d) over the action support
+    logits: torch.Tensor  # (B, D, V) the logits each position was chosen from (the decoding pass's own)
+    support: range  # the action tokens' ids, which log_probs normalise over
     normalized: np.ndarray  # (B, D) actions in [-1, 1] (bin centres)
     actions: np.ndarray  # (B, D) actions in the environment's units (un-normalised with the policy's stats)
+
+    @functools.cached_property
+    def log_probs(self) -> torch.Tensor:
+        """(B, D) log pi(token_d | obs, tokens_<d) over the action support, from the decoding pass's logits
+        (computed on first use: acting in an env never needs them)."""
+        return action_log_probs(self.logits, self.tokens, self.support)
 
 
 class Policy(nn.Module, abc.ABC):
@@ -254,27 +262,34 @@ class Policy(nn.Module, abc.ABC):
     ) -> ActionSample:
         """Sample (or take the argmax of) action tokens, restricted to the action support.
 
+        The log-probabilities come from the decoding pass itself (the policy's distribution at
+        temperature 1, as ``log_probs`` gives them teacher-forced): no second forward per step.
         Autoregressive policies decode position by position; subclasses with a KV cache override
         ``_decode_tokens`` to avoid recomputing the prefix.
         """
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0 (use greedy=True for argmax), got {temperature}")
-        tokens = self._decode_tokens(obs, greedy, temperature, generator)
-        logp = self.log_probs(obs, tokens)
+        tokens, step_logits = self._decode_tokens(obs, greedy, temperature, generator)
         normalized = self.tokenizer.decode(tokens.cpu().numpy())
         actions = self.tokenizer.unnormalize(normalized) if self.tokenizer.stats is not None else normalized
-        return ActionSample(tokens, logp, normalized, np.asarray(actions, np.float32))
+        return ActionSample(tokens, step_logits, self.action_support, normalized, np.asarray(actions, np.float32))
 
     def _decode_tokens(
         self, obs: ObsBatch, greedy: bool, temperature: float, generator: torch.Generator | None
-    ) -> torch.Tensor:
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The chosen token ids (B, D) and the logits (B, D, V) each position was chosen from."""
         support = self.action_support
         tokens = torch.full((len(obs), self.action_dim), support.start, dtype=torch.long)
-        positions = range(self.action_dim) if self.autoregressive else [slice(None)]
-        for d in positions:
-            logits = self.action_logits(obs, tokens)[:, d, support.start : support.stop]
-            tokens[:, d] = choose_tokens(logits, greedy, temperature, generator) + support.start
-        return tokens
+        if not self.autoregressive:  # one forward: every position depends on the observation only
+            logits = self.action_logits(obs, tokens)
+            tokens = choose_tokens(logits[..., support.start : support.stop], greedy, temperature, generator)
+            return tokens + support.start, logits
+        steps = []
+        for d in range(self.action_dim):
+            steps.append(self.action_logits(obs, tokens)[:, d])
+            tokens[:, d] = choose_tokens(steps[-1][:, support.start : support.stop], greedy, temperature,
+                                         generator) + support.start
+        return tokens, torch.stack(steps, dim=1)
 
     def act(self, obs: ObsBatch, greedy: bool = False, **kwargs: Any) -> np.ndarray:
         """Continuous actions (B, D) for the environment."""

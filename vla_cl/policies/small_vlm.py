@@ -257,19 +257,21 @@ class SmallVLMPolicy(Policy):
 
     def _decode_tokens(
         self, obs: ObsBatch, greedy: bool, temperature: float, generator: torch.Generator | None
-    ) -> torch.Tensor:
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         support = self.action_support
         x, valid = self._prefix(obs)
         hidden, cache = self._run(x, valid)
         tokens = torch.empty((len(obs), self.action_dim), dtype=torch.long, device=valid.device)
+        steps = []
         for d in range(self.action_dim):
-            logits = self.head(hidden[:, -1])[:, support.start : support.stop]
-            tokens[:, d] = choose_tokens(logits, greedy, temperature, generator) + support.start
+            steps.append(self.head(hidden[:, -1]))
+            tokens[:, d] = choose_tokens(steps[-1][:, support.start : support.stop], greedy, temperature,
+                                         generator) + support.start
             if d + 1 < self.action_dim:
                 step = self.action_embedding(tokens[:, d]) + self.position[self.prefix_len + d]
                 valid = torch.cat([valid, torch.ones_like(valid[:, :1])], dim=1)
                 hidden, cache = self._run(step[:, None], valid, cache)
-        return tokens
+        return tokens, torch.stack(steps, dim=1)
 
     def value(self, obs: ObsBatch) -> torch.Tensor:
         if self.critic is None:

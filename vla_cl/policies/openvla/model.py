@@ -324,7 +324,7 @@ class OpenVLAPolicy(Policy):
         return torch.stack(tokens, dim=1), torch.stack(steps, dim=1)
 
     def _decode_tokens(self, obs: ObsBatch, greedy: bool, temperature: float,
-                       generator: torch.Generator | None) -> torch.Tensor:
+                       generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
         support = self.action_support
 
         def choose(logits: torch.Tensor) -> torch.Tensor:
@@ -338,9 +338,9 @@ class OpenVLAPolicy(Policy):
             draw = torch.multinomial(probs.to(where), 1, generator=generator).squeeze(-1)
             return draw.to(logits.device) + support.start
 
-        tokens, _ = self.decode(obs, choose)
+        tokens, steps = self.decode(obs, choose)
         # Out-of-slice greedy ids become the slice end OpenVLA's decoder clips them to (same action).
-        return tokens.clamp(support.start, support.stop - 1)
+        return tokens.clamp(support.start, support.stop - 1), steps
 
     def log_probs(self, obs: ObsBatch, tokens: torch.Tensor) -> torch.Tensor:
         """As ``Policy.log_probs``; ``tokens`` may live on any device (rollout buffers keep them on the CPU)."""
