@@ -93,10 +93,21 @@ def _check_override_keys(command: str, cls: type, overrides: list[str]) -> None:
 
 def _group_override(command: str, override: str, groups: dict[str, list[str]]) -> str:
     """``preset=quick`` -> ``+<command>/preset=quick``: hydra names a group by its path under configs/, and
-    appending it puts it after ``_self_``, so the preset's values win over ``configs/<command>.yaml``."""
+    appending it puts it after ``_self_``, so the preset's values win over ``configs/<command>.yaml``.
+
+    """
     key, _, value = override.partition("=")
     bare = key.lstrip("+~")
     return f"+{command}/{bare}={value}" if bare in groups else override
+
+
+def _shadowed(override: str) -> bool:
+    """A plain key sharing its name with a folder of configs/ (``suite=razor``; configs/suite/ holds the
+    evaluation suites), which hydra would read as a choice in that config group: it is applied after
+    composition instead (see ``compose``)."""
+    root = config_dir()
+    key = override.partition("=")[0]
+    return root is not None and not key.startswith(("+", "~")) and (root / key.split(".")[0]).is_dir()
 
 
 def compose(command: str, cls: type, overrides: list[str]) -> Any:
@@ -112,7 +123,9 @@ def compose(command: str, cls: type, overrides: list[str]) -> Any:
     from omegaconf.errors import OmegaConfBaseException
 
     _check_override_keys(command, cls, overrides)
-    overrides = [_group_override(command, o, config_groups(command)) for o in overrides]
+    groups = config_groups(command)
+    late = [o for o in overrides if o.partition("=")[0] not in groups and _shadowed(o)]
+    overrides = [_group_override(command, o, groups) for o in overrides if o not in late]
     schema = f"{command}_schema"
     ConfigStore.instance().store(name=schema, node=cls)
     root = config_dir()
@@ -122,6 +135,8 @@ def compose(command: str, cls: type, overrides: list[str]) -> Any:
         if has_yaml:
             with initialize_config_dir(config_dir=str(root), version_base=None):
                 cfg = hydra_compose(config_name=command, overrides=overrides)
+            if late:
+                cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(late))
         else:
             # No YAML for this command: the dataclass is the whole config.
             cfg = OmegaConf.merge(OmegaConf.structured(cls), OmegaConf.from_dotlist(overrides))

@@ -1,7 +1,7 @@
 """ManiSkill3 Panda table-top tasks (no asset download) as ``maniskill/<EnvId>``.
 
-Every task runs in ``pd_ee_delta_pose``, whose normalised [-1, 1] input means +-0.1 m / +-0.1 rad per
-step, so the physical action space is +-0.1 m, +-0.1 rad, gripper +-1 (+1 open). The controller receives
+Every task runs in ``pd_ee_delta_pose`` (its arm controller computed in numpy, :mod:`vla_cl.envs.fast_control`),
+whose normalised [-1, 1] input means +-0.1 m / +-0.1 rad per step, so the physical action space is +-0.1 m, +-0.1 rad, gripper +-1 (+1 open). The controller receives
 ``10 * xyz``; the rotation needs more care, see :func:`panda_rotation_command`. The controller moves the
 hand towards ``current pose + delta`` for one control step (20 Hz), so it covers only part of a large
 delta in that step; experts use proportional gains above one for that reason.
@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from vla_cl.envs import fast_control
 from vla_cl.envs.maniskill import make_maniskill, to_numpy
 from vla_cl.envs.registry import EnvOptions, TaskSpec, register
 from vla_cl.envs.rotations import euler_xyz_from_rotvec
@@ -276,4 +277,5 @@ def make_panda_task(spec: TaskSpec, options: EnvOptions) -> VLAEnv:
         camera="base_camera",
         placement=TASKS_BY_ENV_ID[spec.backend_id].placement,
         restyle=TableRestyler(),
+        after_reset=fast_control.accelerate,
     )

@@ -121,7 +121,9 @@ class VLAEnv(gym.Env):
     ``image_fn(sim, raw_obs) -> (H, W, 3) uint8``: the observation image (default: the ``camera``
     sensor's rgb, or the first camera's, resized to ``options.image_size`` with area interpolation).
     ``placement``: how the task's objects go onto the training grid (tasks without one support only the
-    backend's own layouts); ``restyle(sim, rng)``: the task's ``visual="shifted"`` appearance.
+    backend's own layouts); ``restyle(sim, rng)``: the task's ``visual="shifted"`` appearance;
+    ``after_reset(sim)``: called once the backend exists and after each of its resets (e.g. to swap in a
+    faster controller, :mod:`vla_cl.envs.fast_control`).
     """
 
     metadata: ClassVar[dict] = {"render_modes": ["rgb_array"]}
@@ -139,6 +141,7 @@ class VLAEnv(gym.Env):
         camera: str | None = None,
         placement: Placement | None = None,
         restyle: RestyleFn | None = None,
+        after_reset: Callable[[Any], Any] | None = None,
     ):
         if (placement is None and options.layout != "grid") or (restyle is None and options.visual != "default"):
             raise ValueError(f"{spec.task_id}: its factory gives no way to produce layout={options.layout!r} "
@@ -154,6 +157,9 @@ class VLAEnv(gym.Env):
         self.camera = camera
         self.placement = placement
         self.restyle = restyle
+        self.after_reset = after_reset  # called with the backend env after it was created and after every reset
+        if after_reset is not None:
+            after_reset(self.sim)
         self.max_episode_steps = options.max_episode_steps or spec.max_episode_steps
         self.render_mode = "rgb_array" if options.render_size is not None else None
         self.action_space = gym.spaces.Box(action_adapter.low, action_adapter.high, dtype=np.float32)
@@ -246,6 +252,8 @@ class VLAEnv(gym.Env):
             self._next_seed = None
         super().reset(seed=seed)
         raw_obs, raw_info = self.sim.reset(seed=seed, options=options)
+        if self.after_reset is not None:  # a reconfiguring reset rebuilds the robot and its controllers
+            self.after_reset(self.sim)
         if self._vary_scene(seed):  # the backend's observation and info describe the scene before the change
             raw_obs, raw_info = self.sim.get_obs(), self.sim.get_info()
         self.elapsed_steps = 0

@@ -25,34 +25,13 @@ import dataclasses
 
 import torch
 
-from vla_cl.kl import (
-    activation_change,
-    collect_activations,
-    diagonal_fisher,
-    fisher_weighted_l2,
-    forward_kl,
-    l2_distance,
-    linear_cka,
-    parameter_snapshot,
-    reverse_kl,
-    total_variation,
-    update_spectral_norm,
-    weight_change_l1,
-    weight_deltas,
-)
+from vla_cl.kl import collect_activations, diagonal_fisher, parameter_snapshot, weight_deltas
+from vla_cl.kl.compare import PREDICTORS, output_predictors, representation_predictors, weight_predictors
 from vla_cl.parity.data import ParityData
 from vla_cl.parity.methods import correct_label_mask
 from vla_cl.parity.model import HIDDEN_LAYERS, SUPPORT, ParityMLP
 
-DISTRIBUTION_PREDICTORS = ("forward_kl", "reverse_kl", "tv", "l2")
-PREDICTORS = (
-    *(f"{name}_{inputs}" for inputs in ("new", "old") for name in DISTRIBUTION_PREDICTORS),
-    "weight_l1",
-    "weight_fisher_l2",
-    "weight_spectral",
-    *(f"{name}{suffix}" for suffix in ("", "_old") for name in ("activation_l1", "activation_l2", "cka")),
-)
-_DIVERGENCES = {"forward_kl": forward_kl, "reverse_kl": reverse_kl, "tv": total_variation, "l2": l2_distance}
+__all__ = ["PREDICTORS", "Reference", "build_reference", "evaluate", "fisher_of"]
 _EVAL_BATCH = 1024
 
 
@@ -136,23 +115,10 @@ def evaluate(model: ParityMLP, reference: Reference) -> dict[str, float]:
     old_logits, old_activations = logits_and_activations(model, reference.old_x)
     metrics = accuracies(new_logits, reference.new_digits, old_logits, reference.old_labels)
     metrics["forgetting"] = reference.old_task_accuracy - metrics["old_task_accuracy"]
-    for inputs, base, current in (
-        ("new", reference.new_logits, new_logits),
-        ("old", reference.old_logits, old_logits),
-    ):
-        for name, divergence in _DIVERGENCES.items():
-            metrics[f"{name}_{inputs}"] = float(divergence(base, current, SUPPORT).mean())
-    deltas = weight_deltas(model, reference.theta0)
-    metrics["weight_l1"] = weight_change_l1(deltas)
-    metrics["weight_fisher_l2"] = fisher_weighted_l2(deltas, reference.fisher)
-    metrics["weight_spectral"] = update_spectral_norm(deltas)
-    last = HIDDEN_LAYERS[-1]
-    for suffix, base, activations in (
-        ("", reference.new_activations, new_activations),
-        ("_old", reference.old_activations, old_activations),
-    ):
-        metrics[f"activation_l1{suffix}"] = activation_change(base, activations, p=1)
-        metrics[f"activation_l2{suffix}"] = activation_change(base, activations, p=2)
-        metrics[f"cka{suffix}"] = linear_cka(base[last], activations[last])
+    metrics.update(output_predictors(reference.new_logits, new_logits, "new", SUPPORT))
+    metrics.update(output_predictors(reference.old_logits, old_logits, "old", SUPPORT))
+    metrics.update(weight_predictors(weight_deltas(model, reference.theta0), reference.fisher))
+    metrics.update(representation_predictors(reference.new_activations, new_activations))
+    metrics.update(representation_predictors(reference.old_activations, old_activations, "_old"))
     model.train()
     return metrics

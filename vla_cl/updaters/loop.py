@@ -24,8 +24,8 @@ same ``out_dir`` restores it, drops the metrics lines written after it, and cont
 metrics (apart from ``WALL_CLOCK`` fields) and weights equal an uninterrupted run's bit for bit.
 
 Outputs in the run directory: ``metrics.jsonl`` (one line per iteration), TensorBoard scalars in
-``artifacts/tb``, checkpoints in ``artifacts/checkpoints``, the final policy in ``artifacts/policy``
-and ``summary.json``.
+``artifacts/tb``, checkpoints in ``artifacts/checkpoints``, the final policy in ``artifacts/policy``,
+mid-training policies in ``artifacts/snapshots/iter-NNNNNN`` (``snapshot_every``) and ``summary.json``.
 """
 
 from __future__ import annotations
@@ -65,6 +65,8 @@ class LoopConfig:
     probe_episodes: int = option(4, "pi0 episodes whose states form the KL probe set")
     probe_states: int = option(256, "at most this many probe states (evenly spaced over those episodes)")
     checkpoint_every: int = option(5, "save a resumable checkpoint every this many iterations (and at the end)")
+    snapshot_every: int = option(0, "also keep the policy alone every this many iterations, in "
+                                 "artifacts/snapshots/iter-NNNNNN (0 = none): mid-training policies to evaluate")
     refresh_envs: bool = option(True, "rebuild the envs' scenes after each checkpoint (exact resume on ManiSkill)")
     device: str = option("cpu", "torch device for the policy: cpu, cuda, cuda:1, ...")
     progress: bool = option(True, "show a progress bar")
@@ -73,7 +75,7 @@ class LoopConfig:
     def __post_init__(self) -> None:
         require(self.iterations >= 1, "iterations", self.iterations, "an integer >= 1")
         require_choice("reward", self.reward, REWARDS)
-        for name in ("eval_every", "probe_every", "checkpoint_every"):
+        for name in ("eval_every", "probe_every", "checkpoint_every", "snapshot_every"):
             require(getattr(self, name) >= 0, name, getattr(self, name), "an integer >= 0 (0 = only at the end)")
         for name in ("eval_episodes", "probe_episodes", "probe_states"):
             require(getattr(self, name) >= 1, name, getattr(self, name), "an integer >= 1")
@@ -174,6 +176,9 @@ def train(
                                                                      / max(seconds, 1e-9), 2))
         log(**record)
         bar.set_postfix({k: f"{record[k]:.3g}" for k in ("train/loss", "eval/success_rate", "kl/mean") if k in record})
+        if config.snapshot_every and iteration < last and iteration % config.snapshot_every == 0:
+            policy.save_pretrained(run_dir.artifacts / "snapshots" / f"iter-{iteration:06d}",
+                                   metadata={"updater": updater.name, "iteration": iteration, **counters})
         if due(iteration, config.checkpoint_every, last):
             ckpt.save_checkpoint(run_dir.artifacts / "checkpoints", iteration, policy, optimizer,
                                  {"seed": seed, "updater": updater.name, **counters})

@@ -20,6 +20,8 @@ GRPO's policy term with a KL penalty) and recomputes the total, so a loop sums a
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from vla_cl.kl import action_log_probs, forward_kl
@@ -176,9 +178,9 @@ def _soft_targets(targets: torch.Tensor, n_support: int, shape: torch.Size) -> N
             f"soft targets must have shape {tuple(shape) + (n_support,)} (a distribution over the {n_support} "
             f"support columns per position), got {tuple(targets.shape)}"
         )
-    if not bool(torch.isfinite(targets).all()) or bool((targets < 0).any()):
+    sums = targets.sum(-1)  # finite sums of non-negative entries mean every entry is finite
+    if not bool(torch.isfinite(sums).all()) or float(targets.min()) < 0:
         raise ValueError("soft targets must be finite and non-negative")
-    sums = targets.sum(-1)
     if not torch.allclose(sums, torch.ones_like(sums), atol=1e-4):
         worst = float((sums - 1).abs().max())
         raise ValueError(f"soft targets must sum to 1 over the support, got a row off by {worst:.3g}")
@@ -198,8 +200,14 @@ def gaussian_token_targets(tokens: torch.Tensor, sigma: float, support: range | 
     start, stop = support.start, support.stop
     if not bool(((tokens >= start) & (tokens < stop)).all()):
         raise ValueError(f"tokens must lie in the support [{start}, {stop}), got ids {int(tokens.min())}..{int(tokens.max())}")
-    positions = torch.arange(stop - start, device=tokens.device, dtype=torch.float32)
-    offsets = (positions - (tokens.long() - start).unsqueeze(-1).float()) / sigma
+    return _gaussian_table(stop - start, float(sigma)).to(tokens.device)[tokens.long() - start]
+
+
+@functools.lru_cache(maxsize=8)
+def _gaussian_table(n: int, sigma: float) -> torch.Tensor:
+    """Row t: the Gaussian targets of a label at support position t (computed once per (n, sigma))."""
+    positions = torch.arange(n, dtype=torch.float32)
+    offsets = (positions[None, :] - positions[:, None]) / sigma
     return torch.softmax(-0.5 * offsets * offsets, dim=-1)
 
 
@@ -220,9 +228,7 @@ def sft_loss(
         _soft_targets(targets, columns.stop - columns.start, logits.shape[:-1])
         log_probs = torch.log_softmax(logits[..., columns].to(compute_dtype(logits.dtype)), dim=-1)
         # 0 * log 0 = 0: columns the target never uses contribute nothing even where pi assigns them -inf.
-        per_position = -torch.where(
-            targets > 0, targets.to(log_probs.dtype) * log_probs, torch.zeros_like(log_probs)
-        ).sum(-1)
+        per_position = -torch.where(targets > 0, targets.to(log_probs.dtype) * log_probs, 0.0).sum(-1)
     else:
         per_position = -action_log_probs(logits, targets, support)
     if not bool(torch.isfinite(per_position).all()):

@@ -36,7 +36,8 @@ def lr_factor(schedule: str, step: int, total: int, warmup: int = 0) -> float:
 def make_optimizer(parameters: list[torch.nn.Parameter], config: UpdaterConfig) -> torch.optim.AdamW:
     if not parameters:
         raise ValueError("the policy has no trainable parameters")
-    return torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
+    # foreach: one fused update over all tensors (on a CPU it is several times faster for small models)
+    return torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay, foreach=True)
 
 
 def set_lr(optimizer: torch.optim.Optimizer, config: UpdaterConfig, step: int, total: int) -> float:
