@@ -19,6 +19,7 @@ Only numpy is imported here so that ``import vla_cl`` stays fast.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Mapping
 from typing import Any
 
@@ -141,16 +142,20 @@ class ActionTokenizer:
         """A tokenizer carrying a checkpoint's action statistics (see ``NormStats.from_checkpoint``)."""
         return cls(stats=NormStats.from_checkpoint(norm_stats, dataset), **kwargs)
 
-    @property
+    @functools.cached_property
     def bins(self) -> np.ndarray:
-        """The n_bins bin edges in [-1, 1]."""
-        return np.linspace(-1.0, 1.0, self.n_bins)
+        """The n_bins bin edges in [-1, 1] (computed once, read-only)."""
+        edges = np.linspace(-1.0, 1.0, self.n_bins)
+        edges.flags.writeable = False
+        return edges
 
-    @property
+    @functools.cached_property
     def bin_centers(self) -> np.ndarray:
-        """The n_bins - 1 values that ids decode to."""
+        """The n_bins - 1 values that ids decode to (computed once, read-only)."""
         edges = self.bins
-        return (edges[:-1] + edges[1:]) / 2.0
+        centres = (edges[:-1] + edges[1:]) / 2.0
+        centres.flags.writeable = False
+        return centres
 
     @property
     def bin_ids(self) -> range:

@@ -75,13 +75,22 @@ def panda_action_adapter() -> ActionAdapter:
 
 
 # ---------------------------------------------------------------------- reading the scene
+def _pose(actor):
+    """The pose of a ManiSkill actor or link: read straight from SAPIEN on the one-env CPU simulator (what
+    ManiSkill's ``.pose`` wraps into batched torch tensors, at a tenth of the cost), else through ManiSkill."""
+    if actor.scene.gpu_sim_enabled or len(actor._objs) != 1:
+        return actor.pose
+    body = actor._objs[0]
+    return body.entity_pose if hasattr(body, "entity_pose") else body.pose  # links / actors
+
+
 def pos(actor) -> np.ndarray:
-    return to_numpy(actor.pose.p).astype(np.float32)
+    return np.asarray(to_numpy(_pose(actor).p), dtype=np.float32).reshape(3)
 
 
 def quat(actor) -> np.ndarray:
     """Unit quaternion (w, x, y, z) with w >= 0 (q and -q are the same rotation)."""
-    q = to_numpy(actor.pose.q).astype(np.float32)
+    q = np.asarray(to_numpy(_pose(actor).q), dtype=np.float32).reshape(4)
     return -q if q[0] < 0 else q
 
 

@@ -28,6 +28,7 @@ each task's, and that every task has an expert when the policy is ``expert``.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import hashlib
 import json
 import os
@@ -166,7 +167,7 @@ def _actor(policy: Any, env: Any, task: str, suite: SuiteConfig, seed: int):
     if policy == "random":
         from vla_cl.envs.vector import RandomPolicy
 
-        return RandomPolicy(env.single_action_space, seed)
+        return RandomPolicy(getattr(env, "single_action_space", env.action_space), seed)
     from vla_cl.updaters.data import PolicyActor
 
     device = next(policy.parameters()).device
@@ -177,13 +178,20 @@ def run_job(policy: Any, info: PolicyInfo, suite: SuiteConfig, job: Job, on_epis
     """One job's episodes (see the module docstring); ``on_episode()`` is called as each one ends."""
     import torch
 
+    from vla_cl.envs import make
     from vla_cl.envs.vector import make_vector, rollout
 
     seed = suite.seeds[job.block]
+    # ManiSkill collects garbage whenever it builds or closes a scene; with torch and the simulator
+    # loaded that pass costs ~0.2 s here, twice per job. Long-lived objects (modules, the policy) are
+    # moved out of the collector's reach first, so it scans only what the job creates.
+    gc.freeze()
     options = suite.env_options(suite.task(job.task), job.axis, obs_mode_for(info.reads, suite))
     if info.image_size is not None:
         options["image_size"] = info.image_size
-    env = make_vector(job.task, min(suite.num_envs, suite.episodes), **options)
+    n_envs = min(suite.num_envs, suite.episodes)
+    # One env runs bare (the collector takes a VLAEnv); a vector env only pays off when it batches.
+    env = make(job.task, **options) if n_envs == 1 else make_vector(job.task, n_envs, **options)
     on_step = None
     if on_episode is not None:
         on_step = lambda t: on_episode() if t.terminated or t.truncated else None  # noqa: E731

@@ -82,15 +82,19 @@ def choose_tokens(
 ) -> torch.Tensor:
     """Indices into the last dimension of ``logits`` (..., n): the argmax, or one draw from
     softmax(logits / temperature) per row with ``generator``. Shared by every decoding loop so that
-    cached and uncached decoders sample identically."""
+    cached and uncached decoders sample identically.
+
+    Draws invert the cumulative distribution with one uniform number per row (the first index whose
+    cumulative probability exceeds u * total): exactly a sample of the tempered softmax, and on a CPU
+    several times cheaper than ``torch.multinomial`` on the handful of rows an env step decodes."""
     logits = logits.float()
     if greedy:
         return logits.argmax(-1)
-    probs = torch.softmax(logits / temperature, dim=-1)
-    if generator is not None:  # multinomial draws on the generator's device
-        probs = probs.to(generator.device)
-    flat = torch.multinomial(probs.reshape(-1, probs.shape[-1]), 1, generator=generator)
-    return flat.reshape(probs.shape[:-1]).to(logits.device)
+    device = generator.device if generator is not None else logits.device  # draws on the generator's device
+    cdf = torch.softmax(logits.to(device) / temperature, dim=-1).cumsum(-1)
+    u = torch.rand(cdf.shape[:-1] + (1,), device=device, generator=generator) * cdf[..., -1:]
+    index = torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp_(max=cdf.shape[-1] - 1)
+    return index.to(logits.device)
 
 
 @dataclasses.dataclass

@@ -64,6 +64,8 @@ class InstructionEncoder(nn.Module):
         self.index = {word: i for i, word in enumerate(vocabulary)}
         self.embedding = nn.Embedding(len(vocabulary), dim, padding_idx=0)
         self._cache: dict[str, list[int]] = {}  # instruction -> word ids (cleared when words are added)
+        self._means: dict[str, torch.Tensor] = {}  # instruction -> mean embedding, without gradients (forward)
+        self._means_stamp: tuple | None = None
 
     @property
     def dim(self) -> int:
@@ -105,7 +107,22 @@ class InstructionEncoder(nn.Module):
         return self.embedding(ids.to(self.embedding.weight.device)), mask.to(self.embedding.weight.device)
 
     def forward(self, instructions: Sequence[str]) -> torch.Tensor:
-        """Mean word embedding (B, dim) of each instruction."""
+        """Mean word embedding (B, dim) of each instruction.
+
+        Without gradients (acting in an env: one call per step) each distinct instruction's mean is kept
+        until the embedding weights change (their version counter moves with every in-place update)."""
+        if torch.is_grad_enabled():
+            return self._mean(instructions)
+        weight = self.embedding.weight
+        stamp = (id(weight), weight._version, weight.device, weight.dtype)
+        if self._means_stamp != stamp:
+            self._means, self._means_stamp = {}, stamp
+        missing = [text for text in dict.fromkeys(instructions) if text not in self._means]
+        if missing:
+            self._means.update(zip(missing, self._mean(missing)))
+        return torch.stack([self._means[text] for text in instructions])
+
+    def _mean(self, instructions: Sequence[str]) -> torch.Tensor:
         embeddings, mask = self.word_embeddings(instructions)
         weights = mask.to(embeddings.dtype).unsqueeze(-1)
         return (embeddings * weights).sum(1) / weights.sum(1)
