@@ -24,6 +24,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
+from typing_extensions import Self
+
 from vla_cl.benchmarking import print_table
 from vla_cl.evaluation import Evaluator, SuiteConfig
 
@@ -55,7 +57,7 @@ class EnvClock:
         self.seconds, self.cls = 0.0, VLAEnv
         self.originals = {name: getattr(VLAEnv, name) for name in ("reset", "step")}
 
-    def __enter__(self) -> EnvClock:
+    def __enter__(self) -> Self:
         for name, original in self.originals.items():
             def timed(env, *args, _original=original, **kwargs):
                 start = time.perf_counter()

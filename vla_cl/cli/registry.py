@@ -91,9 +91,9 @@ COMMANDS: dict[str, Command] = {
         ),
         Command(
             "razor",
-            "The main job: the RL's Razor experiment on the embedded default (runs what is built so far).",
-            "vla_cl.razor:RazorConfig",
-            "vla_cl.razor:run",
+            "The main job: RL's Razor on robots (pi0, RL vs SFT sweep, retention, the forgetting law, report).",
+            "vla_cl.razor.config:RazorConfig",
+            "vla_cl.razor.pipeline:run",
         ),
     )
 }

@@ -140,7 +140,7 @@ class _FastPandaGrasp:
         unit = [v / n if n >= 1e-6 else v for v, n in zip((direction, force), norms)]
         return float(np.degrees(np.arccos(np.clip(np.dot(unit[0], unit[1]), -1.0, 1.0))))
 
-    def __call__(self, object: Any, min_force: float = 0.5, max_angle: float = 85) -> Any:  # noqa: A002
+    def __call__(self, object: Any, min_force: float = 0.5, max_angle: float = 85) -> Any:
         left_force, right_force = self._forces(object._bodies[0].entity)
         # the direction that opens each finger: the left link's +y axis, the right link's -y axis
         left_open = self.left.entity_pose.to_transformation_matrix()[:3, 1]

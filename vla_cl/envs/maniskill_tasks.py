@@ -21,7 +21,7 @@ from mani_skill.utils.structs.pose import Pose
 
 LOW_GOAL_ID = "PickCubeLowGoal-v1"
 HOLD_ID = "PickCubeLowGoal-v2"
-HOLD_STEPS = 5
+HOLD_STEPS = 3
 LOW_GOAL_MAX_HEIGHT = 0.05  # m above the resting cube's centre
 
 

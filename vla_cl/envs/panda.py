@@ -204,7 +204,7 @@ PANDA_TASKS = (
               "PickCube with the goal at most 0.05 m above the resting cube (success counts a cube that reached "
               "the goal even if it was let go)", Placement("cube", CENTRE), HOLD_PARAPHRASES),
     PandaTask("PickCubeLowGoal-v2", "lift the red cube slightly and hold it at the green target", 50,
-              "PickCubeLowGoal-v1 where success needs the cube held (grasped, robot still) at the goal for 5 "
+              "PickCubeLowGoal-v1 where success needs the cube held (grasped, robot still) at the goal for 3 "
               "steps, as the instruction says (the razor experiment's new task)", Placement("cube", CENTRE), HOLD_PARAPHRASES),
     PandaTask("StackCube-v1", "stack the red cube on top of the green cube", 50,
               "grasp the red cube and release it resting on the green one",

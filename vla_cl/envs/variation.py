@@ -42,7 +42,7 @@ class Region:
 
     def _axis(self, bounds: tuple[float, float], step: float) -> np.ndarray:
         lo, hi = bounds
-        n = max(1, int(round((hi - lo) / step)))
+        n = max(1, round((hi - lo) / step))
         return lo + step * np.arange(n + 1)
 
     def grid_points(self, step: float = GRID_STEP) -> np.ndarray:

@@ -51,21 +51,36 @@ def annotate(frame: np.ndarray, instruction: str, step: int, action: np.ndarray 
     return out
 
 
-def write_mp4(frames: Sequence[np.ndarray], path: str | Path, fps: int = 20) -> int:
-    """Encode RGB frames as H.264 mp4 (imageio's bundled ffmpeg); returns the frame count read back."""
+# Codec per container: H.264 in mp4 (players everywhere), VP9 in WebM (every browser, Debian's Chromium
+# included, which may lack H.264). The VP9 options favour speed: these are short, small clips.
+CODECS = {".mp4": ("libx264", []), ".webm": ("libvpx-vp9", ["-deadline", "realtime", "-cpu-used", "8",
+                                                            "-b:v", "0", "-crf", "36", "-row-mt", "1"])}
+
+
+def write_video(frames: Sequence[np.ndarray], path: str | Path, fps: int = 20) -> int:
+    """Encode RGB frames (imageio's bundled ffmpeg) as mp4 or WebM by the path's suffix; returns the frame
+    count read back (which proves the file decodes)."""
     import imageio.v2 as imageio
 
     path = Path(path)
+    if path.suffix not in CODECS:
+        raise ValueError(f"videos are written as {' or '.join(CODECS)}, not {path.suffix!r}")
+    codec, options = CODECS[path.suffix]
     # macro_block_size=1: frame sides need not be multiples of 16 (no silent rescale).
-    with imageio.get_writer(str(path), fps=fps, codec="libx264", macro_block_size=1,
-                            ffmpeg_log_level="error", pixelformat="yuv420p") as writer:
+    with imageio.get_writer(str(path), fps=fps, codec=codec, macro_block_size=1, ffmpeg_log_level="error",
+                            pixelformat="yuv420p", output_params=options) as writer:
         for frame in frames:
             writer.append_data(np.ascontiguousarray(frame))
     return count_frames(path)
 
 
+def write_mp4(frames: Sequence[np.ndarray], path: str | Path, fps: int = 20) -> int:
+    """H.264 mp4 (see ``write_video``)."""
+    return write_video(frames, Path(path).with_suffix(".mp4"), fps)
+
+
 def count_frames(path: str | Path) -> int:
-    """Decode an mp4 completely and count its frames (proves the file plays)."""
+    """Decode a video completely and count its frames (proves the file plays)."""
     import imageio.v2 as imageio
 
     with imageio.get_reader(str(path)) as reader:

@@ -27,7 +27,7 @@ _EXPORTS = {
     "read_result": "vla_cl.evaluation.results",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = list(_EXPORTS)  # noqa: PLE0605
 
 
 def __getattr__(name: str) -> Any:

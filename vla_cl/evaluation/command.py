@@ -24,8 +24,8 @@ class EvalConfig(RunConfig):
     policy: str = option("expert", "a policy checkpoint folder, expert or random")
     suite: str = option("smoke", "a suite name (configs/suite/NAME.yaml) or a suite YAML file")
     episodes: int | None = option(None, "episodes per task, axis and seed (None: the suite's)")
-    axes: list | None = option(None, "generalisation axes (None: the suite's)")
-    seeds: list | None = option(None, "evaluation seeds (None: the suite's)")
+    axes: list | None = option(None, "generalisation axes (None: the suite's)")  # noqa: RUF009
+    seeds: list | None = option(None, "evaluation seeds (None: the suite's)")  # noqa: RUF009
     base: str | None = option(None, "an earlier result of the same suite (its folder) to measure forgetting against")
     workers: int = option(1, "worker processes running the suite's jobs", affects_results=False)
     progress: bool = option(True, "show a progress bar", affects_results=False)
@@ -53,9 +53,9 @@ class EvalConfig(RunConfig):
 
 
 def run(config: EvalConfig, run_dir: RunDir) -> int:
-    from vla_cl.evaluation.runner import evaluate
     from vla_cl.evaluation.results import read_result
     from vla_cl.evaluation.retention import markdown, retention
+    from vla_cl.evaluation.runner import evaluate
     from vla_cl.files import write_json_atomic, write_text_atomic
 
     suite = config.suite_config()

@@ -165,7 +165,7 @@ def matrix_markdown(matrix: np.ndarray, tasks: list[str], metrics: dict[str, Any
     lines = ["| after stage | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
     for i, row in enumerate(matrix):
         lines.append(f"| {i}: {names[i]} | " + " | ".join(f"{v:.2f}" for v in row) + " |")
-    fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
+    fmt = lambda v: "n/a" if v is None else f"{v:.3f}"
     lines += ["", "| metric | value |", "|---|---|",
               f"| LIBERO FWT (higher is better) | {fmt(metrics['fwt'])} |",
               f"| LIBERO NBT (lower is better; mean over the first K-1 tasks) | {fmt(metrics['nbt'])} |",

@@ -115,9 +115,9 @@ class SuiteResult:
         """Success per task (rows) and axis (columns) with Wilson intervals, then lengths and returns."""
         axes = self.axes
         lines = [f"# {self.suite.get('name', 'suite')}: {self.policy}", "",
-                 f"Success rate (Wilson 95 % interval) over {self._episodes_note()}; "
+                 (f"Success rate (Wilson 95 % interval) over {self._episodes_note()}; "
                  f"{'greedy' if self.suite.get('greedy') else 'sampled at temperature ' + str(self.suite.get('temperature'))}"
-                 " actions.", "",
+                 " actions."), "",
                  "| task | " + " | ".join(axes) + " |", "|---|" + "---|" * len(axes)]
         for task in self.tasks:
             row = []

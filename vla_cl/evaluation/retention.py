@@ -74,8 +74,8 @@ def retention(base: SuiteResult, tuned: SuiteResult, tasks: Sequence[str] | None
 
 
 def markdown(result: Retention, base_label: str = "pi0", tuned_label: str = "pi") -> str:
-    lines = [f"Forgetting under axis {result.axis} ({base_label} success minus {tuned_label} success; paired "
-             "bootstrap 95 % interval):", "", f"| task | {base_label} | {tuned_label} | forgetting (95 % CI) |",
+    lines = [(f"Forgetting under axis {result.axis} ({base_label} success minus {tuned_label} success; paired "
+             "bootstrap 95 % interval):"), "", f"| task | {base_label} | {tuned_label} | forgetting (95 % CI) |",
              "|---|---|---|---|"]
     for task in result.tasks:
         f = result.forgetting[task]

@@ -40,6 +40,8 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from typing_extensions import Self
+
 from vla_cl.evaluation.results import CellResult, SuiteResult
 from vla_cl.evaluation.suite import IMAGE_AXES, SuiteConfig
 from vla_cl.files import write_json_atomic
@@ -194,7 +196,7 @@ def run_job(policy: Any, info: PolicyInfo, suite: SuiteConfig, job: Job, on_epis
     env = make(job.task, **options) if n_envs == 1 else make_vector(job.task, n_envs, **options)
     on_step = None
     if on_episode is not None:
-        on_step = lambda t: on_episode() if t.terminated or t.truncated else None  # noqa: E731
+        on_step = lambda t: on_episode() if t.terminated or t.truncated else None
     try:
         with torch.no_grad():
             episodes = rollout(_actor(policy, env, job.task, suite, seed), env, suite.episodes, seed=seed,
@@ -253,10 +255,10 @@ class Evaluator:
             self._pool.shutdown(cancel_futures=True)
             self._pool = None
 
-    def __enter__(self) -> Evaluator:
+    def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def __call__(self, policy: Any, out_dir: str | Path | None = None, label: str | None = None) -> SuiteResult:

@@ -34,6 +34,7 @@ evaluation seeds only; training seeds are the training run's own.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +58,7 @@ class SuiteTask:
     """One task of a suite and the environment options it runs with (besides the axes' own)."""
 
     task: str = option("maniskill/PickCube-v1", "task id (vla_cl.envs.list_tasks())")
-    options: dict = option({}, "vla_cl.envs.EnvOptions for this task, e.g. {max_episode_steps: 40}")
+    options: dict = option({}, "vla_cl.envs.EnvOptions for this task, e.g. {max_episode_steps: 40}")  # noqa: RUF009
 
 
 @dataclasses.dataclass
@@ -84,7 +85,7 @@ class SuiteConfig:
         require(self.episodes >= 1, "episodes", self.episodes, "an integer >= 1")
         require(bool(self.seeds) and min(self.seeds) >= 0, "seeds", self.seeds, "a non-empty list of integers >= 0")
         spans = sorted((s, s + self.episodes) for s in self.seeds)
-        require(all(a[1] <= b[0] for a, b in zip(spans, spans[1:])), "seeds", self.seeds,
+        require(all(a[1] <= b[0] for a, b in itertools.pairwise(spans)), "seeds", self.seeds,
                 f"seeds at least episodes={self.episodes} apart, so that no episode is run twice")
         if self.max_episode_steps is not None:
             require(self.max_episode_steps >= 1, "max_episode_steps", self.max_episode_steps, "None or >= 1")

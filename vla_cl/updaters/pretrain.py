@@ -189,7 +189,14 @@ def pretrain(config: PretrainConfig, run_dir: RunDir) -> Path:
     print(f"[pretrain] {policy.name} ({sum(p.numel() for p in policy.parameters()):,} parameters) on "
           f"{len(merged)} steps of {merged.num_episodes} demonstrations of {len(config.tasks)} tasks: "
           f"{iterations} iterations of {config.batch_size}", flush=True)
-    train(policy, updater, None, loop, run_dir, seed=config.seed, demos=merged)
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(workers)  # nothing else runs meanwhile: let the matrix products use every core
+    try:
+        train(policy, updater, None, loop, run_dir, seed=config.seed, demos=merged)
+    finally:
+        torch.set_num_threads(threads)
     return run_dir.artifacts / "policy"
 
 
@@ -210,7 +217,7 @@ def run(config: PretrainConfig, run_dir: RunDir) -> int:
     suite = pretrain_suite(config)
     result = evaluate(folder, suite, out_dir=run_dir.path / "eval", workers=resolve_workers(config.workers),
                       progress=config.progress, label="pi0")
-    for (task, axis), cell in result.cells.items():
+    for cell in result.cells.values():
         run_dir.log(event="eval", **cell.summary())
     run_dir.write_json("summary.json", {"policy": str(folder), "train_seconds": round(trained, 1),
                                         "eval_seconds": round(result.seconds, 1),

@@ -1,0 +1,190 @@
+"""The main job: its config's refusals, the law's arithmetic, and every stage end to end (preset=smoke),
+down to the report opening in a headless browser with every image and video loaded."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from vla_cl.cli import main
+from vla_cl.evaluation.results import CellResult, SuiteResult
+from vla_cl.razor import law as L
+from vla_cl.razor.config import RazorConfig
+
+REPO = Path(__file__).resolve().parent.parent
+RETAIN = ["maniskill/PushCube-v1", "maniskill/PullCube-v1"]
+NEW = "maniskill/PickCubeLowGoal-v2"
+
+
+# ------------------------------------------------------------------------------------------ bad input
+
+
+@pytest.mark.parametrize("override, field", [
+    (["suite=smoke", "prior_tasks=[maniskill/PushCube-v1,maniskill/PullCube-v1,maniskill/PickCubeLowGoal-v2]",
+      "init_from=maniskill/PushCube-v1"], "new_task"),
+    (["ppo_lrs=[]", "reinforce_lrs=[]"], "ppo_lrs/reinforce_lrs"),
+    (["sft_lrs=[]"], "sft_lrs"),
+    (["rl_iterations=2"], "rl_iterations"),
+    (["rl_episodes=0"], "rl_episodes"),
+    (["init_from=maniskill/PickCube-v1"], "suite"),  # the task the new one starts from cannot be retained
+    (["policy=openvla"], "policy"),
+])
+def test_a_design_that_cannot_run_is_refused_before_any_work(override, field, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["razor", *override, f"out_dir={out}"]) == 2
+    assert f"invalid value for {field}" in capsys.readouterr().err
+    assert not (out / "info").exists()  # nothing ran
+
+
+def test_a_suite_holding_the_new_task_is_refused(tmp_path):
+    suite = tmp_path / "with_new.yaml"
+    suite.write_text(f"tasks: [maniskill/PushCube-v1, {NEW}]\nepisodes: 2\n")
+    with pytest.raises(ValueError, match="retention suite without the new task"):
+        RazorConfig(suite=str(suite), prior_tasks=["maniskill/PushCube-v1", "maniskill/StackCube-v1"])
+
+
+def test_the_default_sweep_has_three_ppo_and_three_sft_settings_and_both_hybrids():
+    config = RazorConfig()
+    methods = [t.method for t in config.trials()]
+    assert methods.count("ppo") == 3 and methods.count("sft") == 3 and methods.count("sft_kl") == 1
+    assert len({t.id for t in config.trials()}) == len(methods)
+    distill = config.distill_trial("/x/policy", "ppo_lr0p001")
+    assert distill.method == "distill" and "teacher=/x/policy" in distill.overrides
+    assert "reinforce" in [t.method for t in RazorConfig(reinforce_lrs=[1e-3]).trials()]
+
+
+# ------------------------------------------------------------------------------------------ the law
+
+
+def result(successes: dict[str, list[int]], seeds=None) -> SuiteResult:
+    cells = {}
+    for task, outcomes in successes.items():
+        s = seeds or list(range(len(outcomes)))
+        cells[(task, "in_distribution")] = CellResult(task, "in_distribution", s, [bool(x) for x in outcomes],
+                                                      [10] * len(outcomes), [0.0] * len(outcomes))
+    return SuiteResult({"name": "t"}, "p", cells)
+
+
+def point(key, family, new, push, pull, pi0, kl=0.0, final=True, seeds=None):
+    r = result({NEW: new, RETAIN[0]: push, RETAIN[1]: pull}, seeds)
+    return L.make_point(key, family, family, "", 1, final, r, pi0, NEW, RETAIN, {"forward_kl_new": kl})
+
+
+def test_points_forgetting_pareto_and_the_finding_by_hand():
+    pi0_result = result({NEW: [0, 0, 0, 1], RETAIN[0]: [1, 1, 1, 1], RETAIN[1]: [1, 1, 1, 0]})
+    pi0 = L.make_point("pi0", "pi0", "pi0", "", 0, True, pi0_result, pi0_result, NEW, RETAIN, {})
+    rl = point("rl", "rl", [1, 1, 0, 1], [1, 1, 1, 1], [1, 1, 0, 0], pi0_result, kl=0.5)
+    sft = point("sft", "sft", [1, 1, 1, 0], [1, 0, 0, 1], [0, 1, 0, 0], pi0_result, kl=2.0)
+    weak = point("weak", "sft", [1, 0, 0, 0], [1, 1, 1, 1], [1, 1, 1, 0], pi0_result, kl=0.1)
+    # forgetting: mean over tasks of pi0 - pi. rl: push 0, pull 3/4 - 2/4 = 1/4 -> 1/8
+    assert rl.forgetting == pytest.approx(0.125)
+    assert sft.forgetting == pytest.approx(((1 - 0.5) + (0.75 - 0.25)) / 2)
+    assert weak.forgetting == pytest.approx(0.0) and rl.new_success == 0.75
+    assert [p.key for p in L.pareto([rl, sft, weak])] == ["weak", "rl"]  # sft (75 %) is beaten by rl
+    assert L.least_forgetting([rl, sft, weak], 0.5).key == "rl"
+    found = L.finding([rl, sft, weak], pi0, RETAIN)
+    assert found["level"] == 0.75 and found["rl_point"] == "rl" and found["sft_point"] == "sft"
+    assert found["sft_minus_rl"]["estimate"] == pytest.approx(sft.forgetting - rl.forgetting)
+    matched = L.matched([rl, sft, weak], pi0, RETAIN, [0.25, 0.75, 1.0])
+    sft_rows = matched["families"]["sft"]
+    assert sft_rows[0]["point"] == "pi0" and sft_rows[0]["forgetting"]["estimate"] == 0.0
+    assert sft_rows[1]["point"] == "sft" and not sft_rows[2]["reached"]
+
+
+def test_snapshots_pair_with_finals_on_the_episodes_both_ran():
+    pi0_result = result({NEW: [0] * 6, RETAIN[0]: [1] * 6, RETAIN[1]: [1, 1, 1, 1, 1, 0]})
+    snapshot = point("snap", "rl", [1, 0], [1, 0], [1, 1], pi0_result, final=False, seeds=[0, 1])
+    # only seeds 0 and 1 are shared: pi0 succeeded on both in both tasks
+    assert snapshot.forgetting == pytest.approx((0.5 + 0.0) / 2)
+    with pytest.raises(ValueError, match="share no episode"):
+        point("far", "rl", [1], [1], [1], pi0_result, seeds=[99])
+
+
+def test_r2_of_a_predictor_that_explains_forgetting_exactly():
+    pi0_result = result({NEW: [0] * 4, RETAIN[0]: [1] * 4, RETAIN[1]: [1] * 4})
+    points = []
+    for i, fails in enumerate([0, 1, 2, 3, 4]):
+        outcomes = [0] * fails + [1] * (4 - fails)
+        p = point(f"p{i}", "rl", [1] * 4, outcomes, outcomes, pi0_result, kl=float(fails))
+        p.predictors["tv_new"] = 1.0  # constant: cannot be fitted
+        points.append(p)
+    table = L.r2_table(points)
+    assert table["forward_kl_new"] == pytest.approx(1.0) and table["tv_new"] is None
+
+
+# ------------------------------------------------------------------------------------------ end to end
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    """`vla-cl razor preset=smoke`, interrupted once in the sweep and started again."""
+    out = tmp_path_factory.mktemp("razor") / "run"
+    command = [sys.executable, "-m", "vla_cl.cli", "razor", "preset=smoke", f"out_dir={out}", "workers=2"]
+    first = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             start_new_session=True)
+    deadline = time.time() + 600
+    while not (out / "sweep").exists() and first.poll() is None and time.time() < deadline:
+        time.sleep(0.5)
+    time.sleep(3)  # well into the sweep
+    if first.poll() is None:
+        import os
+
+        os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    second = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=1200, check=False)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    return out, second.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.sim
+def test_every_stage_runs_and_an_interrupted_run_resumes(smoke_run):
+    out, stdout = smoke_run
+    assert "stage timings" in stdout and "reused" in stdout  # the stages finished before the kill
+    timings = json.loads((out / "timings.json").read_text())
+    assert [t["stage"] for t in timings] == ["info", "demos", "pi0", "pi0_eval", "sweep", "evaluation", "law",
+                                            "report"]
+    summary = json.loads((out / "summary.json").read_text())
+    methods = {run["method"] for run in summary["runs"]}
+    assert methods == {"ppo", "sft", "sft_kl", "distill"}
+    for run in summary["runs"]:
+        for key in ("method", "setting", "checkpoint_step", "new_task_success", "retention", "forgetting",
+                    "forward_kl_new", "reverse_kl_new", "tv_new", "l2_new", "forward_kl_old", "weight_l1",
+                    "activation_l2_old"):
+            assert key in run, key
+        assert set(run["retention"]) == set(RETAIN)
+    # every run has its final policy and at least two mid-training snapshots
+    by_trial: dict[str, list] = {}
+    for run in summary["runs"]:
+        by_trial.setdefault(run["method"] + run["setting"], []).append(run["final"])
+    assert all(finals.count(True) == 1 and finals.count(False) >= 2 for finals in by_trial.values())
+    assert "forward_kl_new" in summary["r2"] and summary["finding"]["statement"]
+    assert summary["finding"]["held"] in (True, False, None)
+
+
+@pytest.mark.slow
+@pytest.mark.sim
+def test_the_report_opens_in_a_browser_with_every_image_and_video(smoke_run):
+    import os
+
+    from vla_cl.browser import check_page
+
+    if os.environ.get("VLA_CL_BROWSER") == "skip":  # set up without a browser on purpose
+        pytest.skip("VLA_CL_BROWSER=skip: set up without a headless browser")
+
+    out, _ = smoke_run
+    report = out / "report.html"
+    text = report.read_text()
+    for needed in ("Pareto", "forward KL", "R<sup>2</sup>", "Generalisation axes", "<video", "Finding"):
+        assert needed in text
+    assert "file://" not in text and str(out) not in text  # every asset is referenced relatively
+    check = check_page(report)
+    assert check.ok, check.broken
+    assert len(check.images) >= 3 and len(check.videos) == 6
+    assert all(width > 0 for _, width in check.images) and all(state >= 2 for _, state, _ in check.videos)

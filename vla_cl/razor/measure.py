@@ -1,0 +1,211 @@
+"""Measuring every policy of the razor experiment: success on the suite and every forgetting predictor.
+
+Policies: pi0, each run's final policy and its mid-training snapshots. Final policies (and pi0) get the
+whole experiment suite (every axis, the suite's episodes); snapshots get the in-distribution axis with
+``snapshot_episodes`` episodes, on the first of the same seeds, so their episodes pair with pi0's too.
+Each evaluation lands in ``<folder>/<policy key>/`` and resumes from its finished jobs.
+
+Predictors (``vla_cl.kl.compare``) compare pi with pi0 on probe states that pi0 visits: ``probe_episodes``
+of pi0's own sampled episodes on the new task (the forward KL on the new task, the paper's predictor), and
+``old_probe_episodes`` per retention task (the same divergences on old-task states); pi is teacher-forced
+on the tokens pi0 took there. The weight predictors use pi0's diagonal Fisher on the old-task states.
+The probe sets are saved in ``probes/`` and every policy's predictors in ``predictors/<key>.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from vla_cl.files import write_json_atomic
+from vla_cl.kl import collect_activations, diagonal_fisher, parameter_snapshot, weight_deltas
+from vla_cl.kl.compare import output_predictors, representation_predictors, weight_predictors
+from vla_cl.policies.base import ObsBatch, Policy
+
+MAX_PROBE_STATES = 512
+PROBE_STREAM = 7  # derived-seed stream of the probe episodes
+
+
+@dataclasses.dataclass
+class Probe:
+    """States pi0 visited and the tokens it took there."""
+
+    obs: ObsBatch
+    tokens: torch.Tensor
+
+
+def concat(probes: list[Probe]) -> Probe:
+    obs = ObsBatch([text for p in probes for text in p.obs.instruction],
+                   *(None if getattr(probes[0].obs, name) is None else torch.cat([getattr(p.obs, name) for p in probes])
+                     for name in ("state", "image")))
+    return Probe(obs, torch.cat([p.tokens for p in probes]))
+
+
+def collect_probe(policy: Policy, task: str, episodes: int, seed: int, obs_mode: str, image_size: int) -> Probe:
+    """pi0's own sampled episodes of ``task`` (training grid), at most MAX_PROBE_STATES evenly spaced states."""
+    from vla_cl.envs.vector import make_vector
+    from vla_cl.updaters.data import collect_rollouts
+    from vla_cl.updaters.loop import derived_seed, generator, probe_subset
+
+    env = make_vector(task, 1, obs_mode=obs_mode, image_size=image_size)
+    try:
+        rollouts = collect_rollouts(policy, env, episodes, derived_seed(seed, PROBE_STREAM),
+                                    generator(seed, PROBE_STREAM))
+    finally:
+        env.close()
+    return Probe(*probe_subset(rollouts, MAX_PROBE_STATES))
+
+
+def probes(pi0: Policy, config: Any, folder: Path) -> tuple[Probe, Probe]:
+    """The new-task and old-task probe sets (read from ``folder`` when collected before)."""
+    from vla_cl.updaters.loop import load_probe_set, save_probe_set
+
+    obs_mode = "both" if pi0.observation_keys == {"state", "image"} else "rgb" if pi0.image_size else "state"
+    side = pi0.image_size or 64
+    out = []
+    for name, tasks, episodes in (("new", [config.new_task], config.probe_episodes),
+                                  ("old", config.retention_suite().task_ids, config.old_probe_episodes)):
+        path = folder / f"{name}.safetensors"
+        if path.exists():
+            out.append(Probe(*load_probe_set(path)))
+            continue
+        probe = concat([collect_probe(pi0, t, episodes, config.seed + i, obs_mode, side) for i, t in enumerate(tasks)])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_probe_set(path, probe.obs, probe.tokens)
+        out.append(probe)
+    return out[0], out[1]
+
+
+def hidden_layers(policy: Policy) -> list[str]:
+    """The policy's activation functions outside its value head: the representations compared."""
+    kinds = (torch.nn.ReLU, torch.nn.GELU, torch.nn.SiLU, torch.nn.Tanh)
+    return [name for name, module in policy.named_modules()
+            if isinstance(module, kinds) and not name.startswith("critic")]
+
+
+class Predictors:
+    """pi0's side of every comparison, computed once; :meth:`measure` gives a policy's predictors."""
+
+    def __init__(self, pi0: Policy, new: Probe, old: Probe, seed: int = 0):
+        self.new, self.old, self.layers = new, old, hidden_layers(pi0)
+        self.support = pi0.action_support
+        self.base = {name: self._outputs(pi0, probe) for name, probe in (("new", new), ("old", old))}
+        self.theta0 = parameter_snapshot(pi0)
+        batches = [Probe(old.obs.select(slice(i, i + 64)), old.tokens[i : i + 64]) for i in range(0, len(old.tokens), 64)]
+        self.fisher = diagonal_fisher(pi0, batches, forward=lambda b: pi0.action_logits(b.obs, b.tokens),
+                                      params=list(self.theta0), support=self.support,
+                                      generator=torch.Generator().manual_seed(seed))
+
+    def _outputs(self, policy: Policy, probe: Probe) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        logits: list[torch.Tensor] = []
+        batches = [i for i in range(0, len(probe.tokens), 256)]
+        forward = lambda i: logits.append(
+            policy.action_logits(probe.obs.select(slice(i, i + 256)), probe.tokens[i : i + 256]).float())
+        activations = collect_activations(policy, self.layers, batches, forward=forward)
+        return torch.cat(logits), activations
+
+    @torch.no_grad()
+    def measure(self, policy: Policy) -> dict[str, float]:
+        policy.eval()
+        out: dict[str, float] = {}
+        for name, probe in (("new", self.new), ("old", self.old)):
+            logits, activations = self._outputs(policy, probe)
+            base_logits, base_activations = self.base[name]
+            out.update(output_predictors(base_logits, logits, name, self.support))
+            out.update(representation_predictors(base_activations, activations, "" if name == "new" else "_old"))
+        out.update(weight_predictors(weight_deltas(policy, self.theta0), self.fisher))
+        return out
+
+
+def measure_predictors(keys_and_folders: list[tuple[str, Path]], predictors: Predictors, folder: Path,
+                       log: Any = print) -> dict[str, dict[str, float]]:
+    """Every policy's predictors (cached as ``folder/<key>.json``)."""
+    from vla_cl.policies import load_policy
+
+    out = {}
+    for key, policy_folder in keys_and_folders:
+        path = folder / f"{key}.json"
+        if path.exists():
+            out[key] = json.loads(path.read_text())
+            continue
+        values = predictors.measure(load_policy(policy_folder))
+        if not all(np.isfinite(v) for v in values.values()):
+            log(f"[razor]   {key}: a predictor is not finite: {values}")
+        write_json_atomic(path, values)
+        out[key] = values
+    return out
+
+
+# ------------------------------------------------------------------------------------------ the stages
+
+
+def _summarise(label: str, result: Any, new_task: str) -> None:
+    from vla_cl.evaluation.suite import AXES
+
+    for task in result.tasks:
+        cells = [result.cells.get((task, axis)) for axis in AXES]
+        parts = [f"{c.axis} {c.success_rate:.0%}" for c in cells if c is not None and c.applicable]
+        marker = " (new task)" if task == new_task else ""
+        print(f"[razor]   {label} {task}{marker}: " + ", ".join(parts), flush=True)
+
+
+def evaluate_pi0(config: Any, pi0: str, evaluations: Path, workers: int) -> dict:
+    """pi0 on the experiment suite; returns its success per task and whether the design's targets held."""
+    from vla_cl.evaluation import Evaluator
+
+    with Evaluator(config.experiment_suite(), workers=workers, progress=config.progress) as evaluate:
+        result = evaluate(pi0, out_dir=evaluations / "pi0", label="pi0")
+    _summarise("pi0", result, config.new_task)
+    retention = {t: result.success(t) for t in config.retention_suite().task_ids}
+    new = result.success(config.new_task)
+    checks = {"retention_at_least_60": all(v >= 0.6 for v in retention.values()),
+              "new_task_between_5_and_40": 0.05 <= new <= 0.40}
+    for name, ok in checks.items():
+        if not ok:
+            print(f"[razor]   design target missed: {name} (retention {retention}, new task {new:.2f})", flush=True)
+    return {"new_task_success": new, "retention": retention, "design_checks": checks}
+
+
+def policies_of(trials: list[dict]) -> list[dict]:
+    """Every final policy and snapshot of the sweep, with what the analysis needs to know about it."""
+    from vla_cl.razor.config import Trial
+
+    out = []
+    for entry in trials:
+        trial, folder = Trial(**{**entry["trial"], "overrides": tuple(entry["trial"]["overrides"])}), Path(entry["folder"])
+        snapshots = sorted((folder / "artifacts" / "snapshots").glob("iter-*"))
+        for path in snapshots:
+            out.append({"key": f"{trial.id}__{path.name}", "trial": trial.id, "method": trial.method,
+                        "family": trial.family, "setting": trial.setting, "step": int(path.name.split("-")[1]),
+                        "final": False, "folder": str(path)})
+        out.append({"key": f"{trial.id}__final", "trial": trial.id, "method": trial.method, "family": trial.family,
+                    "setting": trial.setting, "step": trial.iterations, "final": True,
+                    "folder": str(folder / "artifacts" / "policy")})
+    return out
+
+
+def evaluate_all(config: Any, pi0: str, trials: list[dict], evaluations: Path, folder: Path, workers: int) -> dict:
+    """Every policy of the sweep on the suite (finals: every axis; snapshots: in-distribution) and every
+    predictor; returns the list of policies measured."""
+    from vla_cl.evaluation import Evaluator
+    from vla_cl.policies import load_policy
+
+    policies = policies_of(trials)
+    suite = config.experiment_suite()
+    short = suite.replace(axes=["in_distribution"], episodes=min(config.snapshot_episodes, suite.episodes))
+    with Evaluator(suite, workers=workers, progress=config.progress) as full, \
+            Evaluator(short, workers=workers, progress=config.progress) as quick:
+        for entry in policies:
+            evaluate = full if entry["final"] else quick
+            result = evaluate(entry["folder"], out_dir=evaluations / entry["key"], label=entry["key"])
+            if entry["final"]:
+                _summarise(entry["key"], result, config.new_task)
+    reference = Predictors(load_policy(pi0).eval(), *probes(load_policy(pi0).eval(), config, folder / "probes"),
+                           seed=config.seed)
+    measure_predictors([(e["key"], Path(e["folder"])) for e in policies], reference, folder / "predictors")
+    return {"policies": policies, "snapshot_episodes": short.episodes, "final_episodes": suite.episodes}

@@ -1,0 +1,185 @@
+"""``vla-cl razor``: RL's Razor on robots, end to end, one resumable stage after another.
+
+Stages, each in its own sub-folder of the run directory, each skipped when its ``stage.json`` says it
+finished (and resumed where it stopped otherwise):
+
+    info        machine and package report
+    mechanism   the ParityMNIST check (``vla-cl parity preset=quick``)
+    demos       scripted-expert demonstrations of the prior tasks and of the new task
+    pi0         the multi-task base policy by behaviour cloning, then the new task's words added
+    pi0_eval    pi0 on the experiment suite (retention tasks + new task, every axis)
+    sweep       PPO / SFT / hybrids (and REINFORCE in preset=paper) on the new task
+    evaluation  every final policy (every axis) and mid-training snapshot (in-distribution) on the suite,
+                and every forgetting predictor
+    law         the fits, Pareto frontiers, matched-success comparisons and the finding
+    report      summary.json, report.html with plots and videos
+
+A table of stage timings is printed at the end (and kept in ``timings.json``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from vla_cl.files import write_json_atomic
+from vla_cl.razor.config import RazorConfig
+from vla_cl.runs import RunDir
+
+STAGE_FILE = "stage.json"
+
+
+def log(message: str) -> None:
+    print(message, flush=True)
+
+
+class Stages:
+    """Runs named stages in sub-folders; a finished stage's result is read back instead of recomputed."""
+
+    def __init__(self, run_dir: RunDir):
+        self.run_dir, self.timings = run_dir, []
+
+    def __call__(self, name: str, what: str, fn: Callable[[Path], Any]) -> Any:
+        folder = self.run_dir.path / name
+        marker = folder / STAGE_FILE
+        index = len(self.timings) + 1
+        if marker.exists():
+            record = json.loads(marker.read_text())
+            log(f"[razor] stage {index} {name}: finished in an earlier run ({record['seconds']:.0f} s), reused")
+            self.timings.append((name, record["seconds"], "reused"))
+            return record["result"]
+        log(f"[razor] stage {index} {name}: {what}")
+        folder.mkdir(parents=True, exist_ok=True)
+        start = time.perf_counter()
+        result = fn(folder)
+        seconds = time.perf_counter() - start
+        write_json_atomic(marker, {"seconds": round(seconds, 2), "result": result})
+        self.run_dir.log(event="stage", stage=name, seconds=round(seconds, 2))
+        self.timings.append((name, seconds, "ran"))
+        log(f"[razor]   {name} done in {seconds:.0f} s")
+        return result
+
+    def table(self) -> str:
+        total = sum(seconds for _, seconds, status in self.timings if status == "ran")
+        width = max(len("total (this run)"), *(len(name) for name, _, _ in self.timings))
+        lines = [f"| {'stage'.ljust(width)} | seconds | this run |", f"|{'-' * (width + 2)}|---------|----------|"]
+        lines += [f"| {name.ljust(width)} | {seconds:7.1f} | {status:8} |" for name, seconds, status in self.timings]
+        lines.append(f"| {'total (this run)'.ljust(width)} | {total:7.1f} |          |")
+        return "\n".join(lines)
+
+
+def resolve_workers(workers: int) -> int:
+    return workers or max(1, len(os.sched_getaffinity(0)))
+
+
+def _subcommand(folder: Path, command: str, overrides: list[str]):
+    from vla_cl.cli.compose import compose
+    from vla_cl.cli.registry import COMMANDS
+
+    spec = COMMANDS[command]
+    config = compose(command, spec.load_config_class(), [f"out_dir={folder}", *overrides])
+    return config, RunDir.open(config.out_dir, command, config), spec.load_run()
+
+
+# ------------------------------------------------------------------------------------------ the stages
+
+
+def stage_info(folder: Path) -> dict:
+    from vla_cl.cli import info
+
+    report = info.collect()
+    write_json_atomic(folder / "info.json", report)
+    log(f"[razor]   torch {report['versions']['torch']}, cuda={report['cuda']}, Vulkan: {report['vulkan']}")
+    return {"torch": report["versions"]["torch"], "cuda": report["cuda"]}
+
+
+def stage_mechanism(config: RazorConfig, folder: Path) -> dict:
+    cfg, run_dir, run = _subcommand(folder, "parity", [f"preset={config.parity_preset}", f"seed={config.seed}",
+                                                       f"sweep.workers={config.parity_workers}"])
+    status = run(cfg, run_dir)
+    summary = json.loads((folder / "summary.json").read_text())
+    r2 = summary.get("r2", {}).get("forward_kl_new")
+    log(f"[razor]   ParityMNIST R^2 of the forward KL on the new task: {r2}")
+    return {"status": int(status or 0), "r2_forward_kl_new": r2}
+
+
+def stage_demos(config: RazorConfig, folder: Path, pi0_folder: Path, workers: int) -> dict:
+    from vla_cl.updaters.pretrain import expert_demos
+
+    prior = expert_demos(config.prior_tasks, config.demos, config.seed, pi0_folder / "artifacts" / "demos",
+                         workers=workers)
+    (new,) = expert_demos([config.new_task], config.new_task_demos, config.seed, folder, workers=1)
+    counts = {d.meta["task_id"]: d.meta["counts"] for d in [*prior, new]}
+    for task, c in counts.items():
+        log(f"[razor]   {task}: {c['episodes']} demonstrations ({c['steps']} steps, {c['attempts']} attempts)")
+    return {"counts": counts}
+
+
+def stage_pi0(config: RazorConfig, folder: Path, workers: int) -> dict:
+    from vla_cl.envs import get_spec
+    from vla_cl.policies import load_policy
+    from vla_cl.updaters.pretrain import PretrainConfig, pretrain
+
+    pre = PretrainConfig(tasks=list(config.prior_tasks), demos=config.demos, epochs=config.pi0_epochs,
+                         lr=config.pi0_lr, label_sigma=config.label_sigma, seed=config.seed, workers=workers,
+                         progress=config.progress, out_dir=str(folder))
+    policy_folder = pretrain(pre, RunDir.open(folder, "pretrain", pre))
+    pi0 = load_policy(policy_folder)
+    new, source = get_spec(config.new_task).instruction, get_spec(config.init_from).instruction
+    words = pi0.add_instruction(new, init_from=source)
+    pi0.save_pretrained(folder / "pi0_for_new_task", metadata={"new_task": config.new_task, "init_from": source,
+                                                               "added_words": words})
+    log(f"[razor]   pi0: {sum(p.numel() for p in pi0.parameters()):,} parameters; the new task's words {words} "
+        f"start as in {source!r}")
+    return {"policy": str(folder / "pi0_for_new_task"), "added_words": words}
+
+
+# ------------------------------------------------------------------------------------------ the command
+
+
+def run(config: RazorConfig, run_dir: RunDir) -> int:
+    from vla_cl.razor import measure as measure_stage
+    from vla_cl.razor import report as report_stage
+    from vla_cl.razor.sweep import run_sweep
+
+    workers = resolve_workers(config.workers)
+    stages = Stages(run_dir)
+    stages("info", "machine and package report", stage_info)
+    if config.parity_preset != "none":
+        stages("mechanism", f"mechanism check on ParityMNIST (preset={config.parity_preset})",
+               lambda f: stage_mechanism(config, f))
+    pi0_dir = run_dir.path / "pi0"
+    stages("demos", "scripted-expert demonstrations of the prior tasks and the new task",
+           lambda f: stage_demos(config, f, pi0_dir, workers))
+    pi0 = stages("pi0", f"multi-task pi0 by behaviour cloning on {len(config.prior_tasks)} tasks",
+                 lambda f: stage_pi0(config, f, workers))["policy"]
+    evaluations = run_dir.path / "evaluation"
+    stages("pi0_eval", "pi0 on the retention suite and the new task, every axis",
+           lambda f: measure_stage.evaluate_pi0(config, pi0, evaluations, workers))
+    trials = stages("sweep", f"fine-tuning sweep on {config.new_task}", lambda f: [
+        {"trial": t.__dict__, "folder": str(p)} for t, p in run_sweep(config, f, Path(pi0),
+                                                                   run_dir.path / "demos" / _slug(config.new_task),
+                                                                   workers, log)])
+    stages("evaluation", "every fine-tuned policy on the suite, and every forgetting predictor",
+           lambda f: measure_stage.evaluate_all(config, pi0, trials, evaluations, f, workers))
+    law = stages("law", "forgetting law: fits, Pareto frontiers, matched-success comparison",
+                 lambda f: report_stage.analyse(config, pi0, trials, evaluations, run_dir.path / "evaluation", f))
+    stages("report", "summary.json, report.html, videos",
+           lambda f: report_stage.write(config, pi0, trials, law, run_dir, f))
+    table = stages.table()
+    write_json_atomic(run_dir.path / "timings.json", [{"stage": n, "seconds": round(s, 2), "status": st}
+                                                      for n, s, st in stages.timings])
+    log("\n[razor] stage timings\n" + table)
+    log(f"\n[razor] {law['finding']['statement']}")
+    log(f"[razor] report: {run_dir.path / 'report.html'}")
+    return 0
+
+
+def _slug(task: str) -> str:
+    from vla_cl.updaters.pretrain import task_slug
+
+    return task_slug(task)

@@ -1,0 +1,348 @@
+"""The razor report: the analysis (``law.json``), ``summary.json``, plots, rollout videos and ``report.html``.
+
+``report.html`` is one page that opens from disk: its images and videos live in ``report_assets/`` beside it
+and are referenced relatively, so the run folder (or just the page and that folder) can be zipped and
+mailed. Videos are WebM/VP9, which every browser plays (Debian's Chromium may lack H.264).
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vla_cl.evaluation.results import read_result
+from vla_cl.evaluation.suite import AXES
+from vla_cl.files import write_json_atomic, write_text_atomic
+from vla_cl.kl.compare import PREDICTORS
+from vla_cl.razor import law as L
+from vla_cl.razor.measure import policies_of
+
+ASSETS = "report_assets"
+FAMILY_COLORS = {"rl": "#1f77b4", "sft": "#d62728", "hybrid": "#9467bd", "pi0": "#222222"}
+FAMILY_LABELS = {"rl": "RL (PPO / REINFORCE)", "sft": "SFT", "hybrid": "hybrids (SFT+KL, distill)", "pi0": "pi0"}
+# Table 1 of the paper (ParityMNIST), for reference next to the robot R^2.
+PAPER_R2 = {"forward_kl_new": 0.96, "reverse_kl_new": 0.93, "tv_new": 0.80, "l2_new": 0.56, "weight_l1": 0.34,
+            "weight_fisher_l2": 0.58, "weight_spectral": 0.58, "activation_l1": 0.52, "activation_l2": 0.55}
+
+
+# ------------------------------------------------------------------------------------------ analysis
+
+
+def _points(config: Any, trials: list[dict], evaluations: Path, measured: Path) -> tuple[L.Point, list[L.Point]]:
+    tasks = config.retention_suite().task_ids
+    pi0_result = read_result(evaluations / "pi0")
+    zero = {name: 0.0 for name in PREDICTORS} | {"cka": 1.0, "cka_old": 1.0}
+    pi0 = L.make_point("pi0", "pi0", "pi0", "", 0, True, pi0_result, pi0_result, config.new_task, tasks, zero)
+    points = []
+    for entry in policies_of(trials):
+        predictors = json.loads((measured / "predictors" / f"{entry['key']}.json").read_text())
+        points.append(L.make_point(entry["key"], entry["method"], entry["family"], entry["setting"], entry["step"],
+                                   entry["final"], read_result(evaluations / entry["key"]), pi0_result,
+                                   config.new_task, tasks, predictors))
+    return pi0, points
+
+
+def analyse(config: Any, pi0_folder: str, trials: list[dict], evaluations: Path, measured: Path,
+            folder: Path) -> dict:
+    """Fits, frontiers, matched comparisons and the finding (see ``vla_cl.razor.law``); written to law.json."""
+    tasks = config.retention_suite().task_ids
+    pi0, points = _points(config, trials, evaluations, measured)
+    finals = [p for p in points if p.final]
+    levels = [round(pi0.new_success + d, 2) for d in (0.1, 0.2, 0.3, 0.4) if pi0.new_success + d <= 1.0]
+    out = {
+        "pi0": pi0.to_dict(),
+        "points": [p.to_dict() for p in points],
+        "r2": L.r2_table(points),
+        "r2_final": L.r2_table(finals),
+        "fit_forward_kl_new": L.fit_curve(points),
+        "pareto": {family: [p.key for p in L.pareto([q for q in points if q.family == family])]
+                   for family in sorted({p.family for p in points})},
+        "matched": L.matched(points, pi0, tasks, levels),
+        "finding": L.finding(points, pi0, tasks),
+        "retention_tasks": tasks,
+        "new_task": config.new_task,
+        "episodes": {"final": points and finals[0].result.cell(config.new_task).episodes,
+                     "snapshot": next((p.result.cell(config.new_task).episodes for p in points if not p.final), None)},
+    }
+    write_json_atomic(folder / "law.json", out)
+    for name in ("forward_kl_new", *[n for n in PREDICTORS if n != "forward_kl_new"]):
+        value = out["r2"][name]
+        print(f"[razor]   R^2 {name}: {'n/a' if value is None else f'{value:.3f}'}", flush=True)
+    print(f"[razor]   {out['finding']['statement']}", flush=True)
+    return out
+
+
+# ------------------------------------------------------------------------------------------ plots
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_pareto(law: dict, path: Path) -> None:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.6))
+    pi0 = law["pi0"]
+    ax.scatter([pi0["new_task_success"]], [pi0["mean_retention"]], marker="*", s=220, color="black", label="pi0",
+               zorder=5)
+    by_key = {p["key"]: p for p in law["points"]}
+    for family in ("rl", "sft", "hybrid"):
+        points = [p for p in law["points"] if p["family"] == family]
+        if not points:
+            continue
+        colour = FAMILY_COLORS[family]
+        finals = [p for p in points if p["final"]]
+        mids = [p for p in points if not p["final"]]
+        ax.scatter([p["new_task_success"] for p in finals], [p["mean_retention"] for p in finals], color=colour,
+                   label=f"{FAMILY_LABELS[family]} (final)")
+        ax.scatter([p["new_task_success"] for p in mids], [p["mean_retention"] for p in mids], facecolors="none",
+                   edgecolors=colour, label=f"{FAMILY_LABELS[family]} (mid-training)")
+        front = [by_key[k] for k in law["pareto"].get(family, [])]
+        ax.plot([pi0["new_task_success"], *[p["new_task_success"] for p in front]],
+                [pi0["mean_retention"], *[p["mean_retention"] for p in front]], color=colour, alpha=0.6)
+    ax.set_xlabel("new-task success (in-distribution)")
+    ax.set_ylabel("mean success on the retention tasks")
+    ax.set_title("Pareto frontier per method: learning vs keeping")
+    ax.legend(fontsize=7, loc="lower left")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_forgetting_vs_kl(law: dict, path: Path) -> None:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.6))
+    for family in ("rl", "sft", "hybrid"):
+        points = [p for p in law["points"] if p["family"] == family]
+        if points:
+            ax.scatter([p["forward_kl_new"] for p in points], [p["forgetting"] for p in points],
+                       color=FAMILY_COLORS[family], label=FAMILY_LABELS[family], alpha=0.85)
+    fit = law.get("fit_forward_kl_new")
+    if fit:
+        xs = np.linspace(0, max(p["forward_kl_new"] for p in law["points"]), 100)
+        ax.plot(xs, np.polyval(fit["coefficients"], xs), color="black", lw=1,
+                label=f"2nd-degree fit, R$^2$ = {fit['r2']:.2f}")
+    ax.axhline(0, color="grey", lw=0.5)
+    ax.set_xlabel("forward KL(pi0 || pi) on new-task states (nats per action)")
+    ax.set_ylabel("forgetting (mean drop in retention-task success)")
+    ax.set_title("Forgetting against the forward KL on the new task")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_r2(law: dict, path: Path) -> None:
+    plt = _pyplot()
+    names = list(PREDICTORS)
+    values = [law["r2"].get(n) if law["r2"].get(n) is not None else 0.0 for n in names]
+    fig, ax = plt.subplots(figsize=(6.4, 4.8))
+    y = np.arange(len(names))
+    ax.barh(y, values, color=["#2ca02c" if n == "forward_kl_new" else "#7f7f7f" for n in names])
+    ax.scatter([law["r2_final"].get(n) or 0.0 for n in names], y, color="black", s=12, zorder=3,
+               label="final policies only")
+    ax.set_yticks(y, names, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlim(min(0.0, min(values)), 1.0)
+    ax.set_xlabel("R$^2$ of a 2nd-degree fit of forgetting")
+    ax.set_title("How well each predictor explains forgetting")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# ------------------------------------------------------------------------------------------ videos
+
+
+def record_video(policy_folder: str, task: str, seed: int, size: int, path: Path) -> dict:
+    """One episode of a saved policy on ``task`` from reset seed ``seed``, captioned, as WebM."""
+    import torch
+
+    from vla_cl.envs import make
+    from vla_cl.envs.video import record, write_video
+    from vla_cl.policies import load_policy
+    from vla_cl.updaters.data import PolicyActor
+
+    policy = load_policy(policy_folder).eval()
+    obs_mode = "both" if policy.observation_keys == {"state", "image"} else "rgb" if policy.image_size else "state"
+    env = make(task, obs_mode=obs_mode, image_size=policy.image_size or 64, render_size=size)
+    try:
+        actor = PolicyActor(policy, torch.Generator().manual_seed(seed))
+        ((episode, frames),) = record(env, actor, 1, seed)
+    finally:
+        env.close()
+    write_video(frames, path, fps=10)
+    return {"file": f"{ASSETS}/{path.name}", "success": bool(episode.success), "length": int(episode.length),
+            "instruction": episode.instruction, "seed": seed}
+
+
+def videos(config: Any, pi0: str, law: dict, trials: list[dict], assets: Path) -> list[dict]:
+    folders = {e["key"]: e["folder"] for e in policies_of(trials)}
+    finding = law["finding"]
+    who = [("pi0", pi0)]
+    for name, key in (("best RL", finding.get("rl_point")), ("best SFT", finding.get("sft_point"))):
+        if key:
+            who.append((f"{name} ({key.replace('__', ' ')})", folders[key]))
+    points = {p["key"]: p for p in law["points"]}
+    tasks = law["retention_tasks"]
+    gap = lambda t: abs(points[finding["rl_point"]]["retention"][t] - points[finding["sft_point"]]["retention"][t]) \
+        if finding.get("rl_point") and finding.get("sft_point") else 0.0
+    retained = max(tasks, key=gap)  # the retention task where the two differ most
+    seed = config.retention_suite().seeds[0]
+    out = []
+    for label, folder in who:
+        for task in (config.new_task, retained):
+            name = f"{label.split(' (')[0].replace(' ', '_')}__{task.split('/')[-1]}.webm"
+            entry = record_video(folder, task, seed, config.video_size, assets / name)
+            out.append({"policy": label, "task": task, **entry})
+            print(f"[razor]   video {name}: {'success' if entry['success'] else 'failure'} in {entry['length']} steps",
+                  flush=True)
+    return out
+
+
+# ------------------------------------------------------------------------------------------ the page
+
+
+def _pct(cell: dict | None) -> str:
+    if cell is None:
+        return ""
+    if not cell.get("applicable", True):
+        return "n/a"
+    low, high = cell["ci95"]
+    return f"{cell['success_rate']:.0%} <small>({low:.0%}-{high:.0%})</small>"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    head = "".join(f"<th>{h}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def page(config: Any, law: dict, results: dict[str, Any], clips: list[dict], timings: list[dict],
+         parity_r2: float | None) -> str:
+    e = html.escape
+    tasks, new = law["retention_tasks"], law["new_task"]
+    finding = law["finding"]
+    finals = [p for p in law["points"] if p["final"]]
+    names = {"pi0": "pi0", **{p["key"]: p["key"].replace("__", " ") for p in law["points"]}}
+    success_rows = []
+    for key in ["pi0", *[p["key"] for p in finals]]:
+        summary = results[key]
+        success_rows.append([e(names[key]), *[_pct(summary.get((t, "in_distribution"))) for t in [*tasks, new]]])
+    axis_rows = []
+    for key in ["pi0", *[p["key"] for p in finals]]:
+        summary = results[key]
+        row = [e(names[key])]
+        for axis in AXES:
+            row.append(_pct(summary.get((new, axis))))
+        for axis in AXES:
+            cells = [summary.get((t, axis)) for t in tasks]
+            usable = [c for c in cells if c is not None and c.get("applicable", True)]
+            row.append("n/a" if not usable else f"{np.mean([c['success_rate'] for c in usable]):.0%}")
+        axis_rows.append(row)
+    matched_rows = []
+    for family, rows in law["matched"]["families"].items():
+        for r in rows:
+            f = r.get("forgetting")
+            matched_rows.append([e(FAMILY_LABELS.get(family, family)), f"{r['level']:.0%}",
+                                 e(names.get(r.get("point"), "not reached")) if r["reached"] else "not reached",
+                                 "" if not r["reached"] else f"{f['estimate']:+.3f} ({f['low']:+.3f} to {f['high']:+.3f})"])
+    r2_rows = [[e(n), _fmt(law["r2"].get(n)), _fmt(law["r2_final"].get(n)), _fmt(PAPER_R2.get(n), 2)]
+               for n in PREDICTORS]
+    run_rows = [[e(p["method"]), e(p["setting"]), str(p["checkpoint_step"]) + ("" if not p["final"] else " (final)"),
+                 f"{p['new_task_success']:.0%}", *[f"{p['retention'][t]:.0%}" for t in tasks],
+                 f"{p['forgetting']:+.3f}", _fmt(p["forward_kl_new"])] for p in law["points"]]
+    video_html = "".join(
+        f"<figure><video src='{e(c['file'])}' controls muted loop preload='auto' width='{config.video_size * 2}'>"
+        f"</video><figcaption><b>{e(c['policy'])}</b> on {e(c['task'])}<br>&ldquo;{e(c['instruction'])}&rdquo;, seed "
+        f"{c['seed']}: {'success' if c['success'] else 'failure'} after {c['length']} steps</figcaption></figure>"
+        for c in clips)
+    timing_rows = [[e(t["stage"]), f"{t['seconds']:.0f}"] for t in timings]
+    checks = law.get("design_checks") or {}
+    pi0 = law["pi0"]
+    eps = law["episodes"]
+    held = {True: "held", False: "reversed", None: "not resolved"}[finding.get("held")]
+    style = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
+             "table{border-collapse:collapse;margin:0.6em 0 1.4em;font-size:0.88em}td,th{border:1px solid #ccc;"
+             "padding:3px 7px;text-align:right}td:first-child,th:first-child{text-align:left}th{background:#f3f3f3}"
+             ".finding{border-left:5px solid #444;background:#f7f7f7;padding:0.6em 1em}figure{display:inline-block;"
+             "margin:0.4em;vertical-align:top;width:330px}figcaption{font-size:0.8em}img{max-width:100%}"
+             "small{color:#666}")
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>RL's Razor on robots: {e(new)}</title>
+<style>{style}</style></head><body>
+<h1>RL's Razor on robots</h1>
+<p>A multi-task base policy pi0 learned {", ".join(e(t) for t in tasks)} (and the other prior tasks); every method
+fine-tuned it on <b>{e(new)}</b>. Forgetting is the mean drop in success on the retention tasks, episodes paired by
+seed. Final policies: {eps.get('final')} episodes per task and axis; mid-training policies: {eps.get('snapshot')}
+episodes per task on the in-distribution axis. Intervals are 95 % (Wilson for rates, paired bootstrap for
+differences).</p>
+<div class="finding"><b>Finding ({held}).</b> {e(finding['statement'])}</div>
+<h2>pi0</h2>
+<p>pi0: new task {pi0['new_task_success']:.0%}; retention tasks {", ".join(f"{e(t)} {v:.0%}" for t, v in pi0['retention'].items())}.
+Design targets: {", ".join(f"{e(k)}: {'met' if v else 'MISSED'}" for k, v in checks.items()) or "n/a"}.</p>
+<h2>Pareto frontier and the forgetting law</h2>
+<img src="{ASSETS}/pareto.png" alt="Pareto frontier per method" width="620">
+<img src="{ASSETS}/forgetting_vs_kl.png" alt="forgetting against the forward KL on the new task" width="620">
+<img src="{ASSETS}/r2.png" alt="R squared per predictor" width="620">
+<h3>R<sup>2</sup> of each predictor (2nd-degree fit of forgetting)</h3>
+{_table(["predictor", "all points", "final policies", "paper (ParityMNIST)"], r2_rows)}
+<p>ParityMNIST mechanism check in this run: R<sup>2</sup>(forward KL on the new task) = {_fmt(parity_r2)}.</p>
+<h3>Forgetting at matched new-task success</h3>
+{_table(["method", "new-task success at least", "least-forgetting policy", "forgetting vs pi0 (95 % CI)"], matched_rows)}
+<h2>Success per task (in-distribution)</h2>
+{_table(["policy", *[e(t) for t in tasks], e(new) + " (new)"], success_rows)}
+<h2>Generalisation axes</h2>
+{_table(["policy", *[f"new: {a}" for a in AXES], *[f"retention mean: {a}" for a in AXES]], axis_rows)}
+<h2>Rollouts</h2>
+{video_html}
+<h2>Every run</h2>
+{_table(["method", "setting", "iteration", "new task", *[e(t) for t in tasks], "forgetting", "forward KL (new)"], run_rows)}
+<h2>Stage timings</h2>
+{_table(["stage", "seconds"], timing_rows)}
+</body></html>
+"""
+
+
+def write(config: Any, pi0: str, trials: list[dict], law: dict, run_dir: Any, folder: Path) -> dict:
+    """Plots, videos, summary.json and report.html (see the module docstring)."""
+    assets = run_dir.path / ASSETS
+    assets.mkdir(parents=True, exist_ok=True)
+    plot_pareto(law, assets / "pareto.png")
+    plot_forgetting_vs_kl(law, assets / "forgetting_vs_kl.png")
+    plot_r2(law, assets / "r2.png")
+    clips = videos(config, pi0, law, trials, assets) if config.videos else []
+    evaluations = run_dir.path / "evaluation"
+    results = {key: {(c["task"], c["axis"]): c for c in json.loads((evaluations / key / "result.json").read_text())["cells"]}
+               for key in ["pi0", *[p["key"] for p in law["points"] if p["final"]]]}
+    pi0_stage = run_dir.path / "pi0_eval" / "stage.json"
+    law = {**law, "design_checks": json.loads(pi0_stage.read_text())["result"]["design_checks"]
+           if pi0_stage.exists() else {}}
+    timings = [{"stage": p.parent.name, "seconds": json.loads(p.read_text())["seconds"]}
+               for p in sorted(run_dir.path.glob(f"*/{'stage.json'}"), key=lambda p: p.stat().st_mtime)]
+    parity = run_dir.path / "mechanism" / "stage.json"
+    parity_r2 = json.loads(parity.read_text())["result"].get("r2_forward_kl_new") if parity.exists() else None
+    summary = {"new_task": config.new_task, "retention_tasks": law["retention_tasks"], "pi0": law["pi0"],
+               "runs": law["points"], "r2": law["r2"], "r2_final_only": law["r2_final"],
+               "pareto": law["pareto"], "matched": law["matched"], "finding": law["finding"],
+               "episodes": law["episodes"], "design_checks": law["design_checks"], "videos": clips,
+               "parity_r2_forward_kl_new": parity_r2, "config": json.loads(json.dumps(config.__dict__, default=str))}
+    write_json_atomic(run_dir.path / "summary.json", summary)
+    write_text_atomic(run_dir.path / "report.html", page(config, law, results, clips, timings, parity_r2))
+    return {"report": str(run_dir.path / "report.html"), "videos": len(clips)}
