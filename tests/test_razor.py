@@ -142,6 +142,26 @@ def smoke_run(tmp_path_factory):
     return out, second.stdout
 
 
+@pytest.fixture(scope="module")
+def uninterrupted_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("razor_straight") / "run"
+    assert main(["razor", "preset=smoke", f"out_dir={out}", "workers=2"]) == 0
+    return out
+
+
+def _numbers(summary: dict) -> dict:
+    """What the experiment measured (not how long it took or where it ran)."""
+    return {key: summary[key] for key in ("pi0", "runs", "r2", "r2_final_only", "matched", "finding", "design_checks")}
+
+
+@pytest.mark.slow
+@pytest.mark.sim
+def test_a_killed_run_started_again_ends_with_identical_numbers(smoke_run, uninterrupted_run):
+    resumed = json.loads((smoke_run[0] / "summary.json").read_text())
+    straight = json.loads((uninterrupted_run / "summary.json").read_text())
+    assert _numbers(resumed) == _numbers(straight)
+
+
 @pytest.mark.slow
 @pytest.mark.sim
 def test_every_stage_runs_and_an_interrupted_run_resumes(smoke_run):

@@ -9,17 +9,20 @@ demonstrations as they are.
     obs, info = env.reset(seed=0); expert.reset(env)
     action = expert.act(env)
 
-Success rates, measured with :func:`vla_cl.envs.vector.rollout` over seeds 0..49 (50 episodes per task),
-state observations, default episode lengths (``tests/test_envs.py`` re-checks each on 5 other seeds):
+Success rates, measured with ``vla_cl.evaluation.evaluate(policy="expert")`` over reset seeds 0..49 (50
+episodes per task), state observations, default episode lengths, objects on the training grid
+(``layout="grid"``, the default) and off it (``off_grid``); ``tests/test_evaluation.py`` checks every expert
+through the evaluation runner against the demonstration recorder:
 
-    task                  success   mean steps (successes)   longest   episode limit
-    PickCube-v1           50/50     23.3                     37        50
-    PickCubeLowGoal-v1    50/50     20.2                     34        50
-    PushCube-v1           50/50     14.5                     17        50
-    PullCube-v1           50/50     15.1                     18        50
-    StackCube-v1          50/50     33.2                     48        50
-    PlaceSphere-v1        50/50     25.5                     34        50
-    PokeCube-v1           50/50     21.8                     29        50
+    task                  grid     off grid   mean steps (successes)   longest   episode limit
+    PickCube-v1           50/50    50/50      23.6                     34        50
+    PickCubeLowGoal-v1    50/50    50/50      20.9                     32        50
+    PickCubeLowGoal-v2    50/50    50/50      23.2                     34        50
+    PushCube-v1           50/50    50/50      15.0                     18        50
+    PullCube-v1           49/50    50/50      15.4                     18        50
+    StackCube-v1          47/50    47/50      32.5                     47        50
+    PlaceSphere-v1        49/50    50/50      26.6                     42        50
+    PokeCube-v1           47/50    50/50      21.4                     27        50
 
 No expert (yet) for LiftPegUpright-v1: standing the peg up needs a ~90 degree turn of the hand, but
 ``pd_ee_delta_pose`` turns it ~0.04 rad per step and its IK stalls near 0.9 rad, which does not fit in 50
