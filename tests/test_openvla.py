@@ -389,7 +389,7 @@ def test_lora_reference_is_pi0_exactly_and_adapters_save(folder, tmp_path):
     with policy.reference() as pi0:
         assert torch.equal(pi0.log_probs(batch, sample.tokens), untouched.log_probs(batch, sample.tokens))
 
-    merged = OpenVLAPolicy.from_pretrained(policy.save_pretrained(tmp_path / "merged"))
+    merged = OpenVLAPolicy.from_pretrained(policy.save_pretrained(tmp_path / "merged", merged=True))
     assert not merged.has_adapter
     with torch.no_grad():
         torch.testing.assert_close(merged.action_logits(batch, tokens), after, atol=1e-5, rtol=1e-4)

@@ -26,7 +26,7 @@ from tests.updater_toy import TASK, register_toy, toy_demos
 from vla_cl.cli import main as cli
 from vla_cl.envs import make
 from vla_cl.envs.vector import make_vector
-from vla_cl.policies import ObsBatch, load_policy
+from vla_cl.policies import ObsBatch, get_policy_class, list_policies, load_policy
 from vla_cl.updaters.checkpoint import (
     optimizer_state,
     restore_optimizer,
@@ -34,7 +34,6 @@ from vla_cl.updaters.checkpoint import (
     rng_state,
     truncate_metrics,
 )
-from vla_cl.updaters.command import fresh_policy, with_value_head
 from vla_cl.updaters.data import DemoStream, Rollouts, collect_rollouts
 from vla_cl.updaters.loop import WALL_CLOCK, optimise
 from vla_cl.updaters.optim import lr_factor, make_optimizer
@@ -43,7 +42,8 @@ from vla_cl.updaters.supervised import acceptable_token_targets
 
 REPO = Path(__file__).resolve().parent.parent
 UPDATERS = ["distill", "grpo", "oracle_sft", "ppo", "reinforce", "rft", "sft", "sft_kl"]
-POLICIES = ["state_token", "small_vlm"]
+POLICIES = ["state_token", "small_vlm"]  # the CPU-scale policies, trained whole
+REGISTERED = list_policies()  # every registered policy goes through the command-line contract (OpenVLA tiny)
 DEMO_UPDATERS = {"sft", "sft_kl", "oracle_sft"}
 BASE = ["task=" + TASK, "policy_preset=tiny", "num_envs=2", "eval_episodes=2", "probe_episodes=1", "progress=false"]
 
@@ -64,7 +64,8 @@ def toy_env(num_envs=1, obs_mode="state", **options):
 
 def toy_policy(name="state_token", value_head=True, seed=0):
     env = make(TASK)
-    return fresh_policy(name, "tiny", 6, env.action_stats, env.task_spec.instruction, value_head, seed)
+    return get_policy_class(name).for_task(state_dim=6, action_stats=env.action_stats, preset="tiny", seed=seed,
+                                           instructions=[env.task_spec.instruction], value_head=value_head)
 
 
 def metrics(out: Path) -> list[dict]:
@@ -171,16 +172,16 @@ def test_empty_foreign_or_mismatched_demonstrations_are_refused(capsys, tmp_path
 def teachers(tmp_path_factory, demos_dir):
     """A saved policy of each kind to distil from (a fresh one: the contract, not the skill, is tested)."""
     folder = tmp_path_factory.mktemp("teachers")
-    return {name: toy_policy(name, value_head=False, seed=7).save_pretrained(folder / name) for name in POLICIES}
+    return {name: toy_policy(name, value_head=False, seed=7).save_pretrained(folder / name) for name in REGISTERED}
 
 
-@pytest.mark.parametrize("policy", POLICIES)
+@pytest.mark.parametrize("policy", REGISTERED)
 @pytest.mark.parametrize("name", UPDATERS)
-def test_every_updater_trains_every_cpu_policy(name, policy, tmp_path, demos_dir, teachers):
+def test_every_updater_trains_every_registered_policy(name, policy, tmp_path, demos_dir, teachers):
     out = tmp_path / "run"
     extra = [f"demos={demos_dir}"] if name in DEMO_UPDATERS else []
     extra += [f"teacher={teachers[policy]}"] if name == "distill" else []
-    assert cli(["train", f"updater={name}", f"policy={policy}", *BASE, "iterations=2", f"out_dir={out}",
+    assert cli(["train", f"updater={name}", f"policy={policy}", *BASE, "iterations=2", f"out_dir={out}", "lora_rank=4",
                 "updater.episodes=4" if name not in DEMO_UPDATERS else "updater.batch_size=16", *extra]) == 0
     lines = metrics(out)
     assert [line["iteration"] for line in lines] == [0, 1, 2]
@@ -399,7 +400,7 @@ def test_actor_and_critic_gradients_stay_apart():
 
 def test_a_value_head_can_be_added_to_pi0():
     policy = toy_policy(value_head=False)
-    grown = with_value_head(policy, seed=0)
+    grown = policy.with_value_head(seed=0)
     assert grown.has_value_head and not policy.has_value_head
     obs = two_outcomes(policy)[0].obs
     tokens = torch.zeros(2, 7, dtype=torch.long)
@@ -498,6 +499,48 @@ RESUME = ["iterations=4", "eval_every=2", "checkpoint_every=1", "updater.minibat
 def resume_args(name, out, demos_dir):
     extra = [f"demos={demos_dir}", "updater.batch_size=16"] if name in DEMO_UPDATERS else ["updater.episodes=4"]
     return ["train", f"updater={name}", *BASE, *RESUME, *extra, f"out_dir={out}"]
+
+
+@pytest.mark.parametrize("name", ["ppo", "sft"])
+def test_openvla_resumes_exactly_and_saves_only_its_adapters(name, tmp_path, demos_dir, monkeypatch):
+    """A tiny OpenVLA with LoRA (and, for PPO, a value head on its hidden state), crashed in iteration 3 and
+    started again: the same metrics and weights as an uninterrupted run; its checkpoints hold the adapters
+    and the value head only, and load_policy rebuilds the fine-tuned policy from them."""
+    from vla_cl.policies.checkpoint import read_config_json
+    from vla_cl.updaters import loop
+
+    args = [*resume_args(name, tmp_path / "whole", demos_dir), "policy=openvla", "lora_rank=4"]
+    assert cli(args) == 0
+    real_optimise, calls = loop.optimise, []
+
+    def optimise_then_crash(*a, **k):
+        calls.append(1)
+        if len(calls) == 3:
+            raise Crash
+        return real_optimise(*a, **k)
+
+    crashed = [a if not a.startswith("out_dir=") else f"out_dir={tmp_path / 'crashed'}" for a in args]
+    monkeypatch.setattr(loop, "optimise", optimise_then_crash)
+    with pytest.raises(Crash):
+        cli(crashed)
+    monkeypatch.undo()
+    assert cli(crashed) == 0
+    assert metrics(tmp_path / "crashed") == metrics(tmp_path / "whole")
+    final = tmp_path / "whole" / "artifacts" / "policy"
+    saved = read_config_json(final)["config"]
+    assert saved["lora"]["rank"] == 4 and saved["base"]["kind"] == "random"
+    assert saved["value_head"] == (name == "ppo")
+    names = list(load_policy(final).checkpoint_state())
+    assert names and all(".lora_" in n or n.startswith("critic.") for n in names)
+    assert same_weights(final_weights(tmp_path / "crashed"), final_weights(tmp_path / "whole"))
+    reloaded, trained = load_policy(final), load_policy(tmp_path / "crashed" / "artifacts" / "policy")
+    obs = ObsBatch(["reach the green target"], image=torch.zeros(1, 32, 32, 3, dtype=torch.uint8))
+    tokens = reloaded.generate(obs, greedy=True).tokens
+    with torch.no_grad():
+        assert torch.equal(reloaded.action_logits(obs, tokens), trained.action_logits(obs, tokens))
+        with reloaded.reference():  # pi0: the adapters off
+            base = reloaded.action_logits(obs, tokens)
+    assert not torch.equal(base, reloaded.action_logits(obs, tokens).detach())
 
 
 @pytest.mark.parametrize("name", ["ppo", "sft"])

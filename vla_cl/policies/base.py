@@ -172,8 +172,73 @@ class Policy(nn.Module, abc.ABC):
         """State value V(obs), shape (B,), for PPO. Only policies with a value head provide it."""
         raise NotImplementedError(f"policy {self.name!r} has no value head; choose one with value_head=True")
 
+    def with_value_head(self, seed: int) -> Policy:
+        """This policy with a freshly initialised value head (for PPO): by default the same class rebuilt
+        from ``config_dict()`` with ``value_head=True`` and every other weight copied. A policy that cannot
+        grow one raises ValueError naming it."""
+        config = self.config_dict()
+        if "value_head" not in config:
+            raise ValueError(f"policy {self.name!r} cannot be given a value head, which PPO needs; "
+                             "choose an updater without a critic (reinforce, grpo, sft, ...)")
+        torch.manual_seed(seed)
+        grown = type(self)(tokenizer=self.tokenizer, **{**config, "value_head": True})
+        missing, unexpected = grown.load_state_dict(self.state_dict(), strict=False)
+        added = {name for name, _ in grown.named_parameters()} - {name for name, _ in self.named_parameters()}
+        if unexpected or set(missing) != added:
+            raise ValueError(f"adding a value head changed more than the head: missing {missing}, "
+                             f"unexpected {unexpected}")
+        return grown
+
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
+
+    def prepare_finetuning(self, **options: Any) -> None:
+        """Get ready to be fine-tuned (options from ``vla-cl train``, e.g. ``lora_rank``). Nothing for
+        policies trained whole; adapter-based policies attach their adapters here (``openvla``)."""
+
+    # ------------------------------------------------------------------ building one for a task
+
+    @classmethod
+    def tiny_config(cls) -> dict[str, Any]:
+        """Constructor arguments of a seconds-to-train instance, for tests and smoke runs."""
+        return {}
+
+    @classmethod
+    def for_task(cls, *, state_dim: int, action_stats: Mapping[str, Any], instructions: Sequence[str],
+                 preset: str, value_head: bool, seed: int) -> Policy:
+        """A freshly initialised policy for a task (its state size, instructions and action statistics),
+        at size ``preset`` (``tiny`` or ``default``). Policies that only make sense from a checkpoint raise
+        ValueError saying to pass one (``vla-cl train init=...``)."""
+        raise ValueError(f"policy {cls.name!r} is not built from scratch: pass init=CHECKPOINT (a folder or a "
+                         "hub id)")
+
+    @classmethod
+    def fresh_observations(cls, preset: str) -> tuple[frozenset[str], int | None]:
+        """What a policy ``for_task`` would build at ``preset`` reads (``state``/``image``) and its image
+        side, known without building it (``vla-cl train`` checks its demonstrations and envs first). By
+        default read off the constructor: a ``state_dim`` argument means the state (``for_task`` passes the
+        task's), an ``image_size`` argument an image of that side."""
+        import inspect
+
+        parameters = inspect.signature(cls.__init__).parameters
+        config = cls.tiny_config() if preset == "tiny" else {}
+        reads = {name for name, arg in (("state", "state_dim"), ("image", "image_size")) if arg in parameters}
+        side = config.get("image_size", parameters["image_size"].default) if "image" in reads else None
+        return frozenset(reads), side
+
+    @classmethod
+    def checkpoint_observations(cls, saved: Mapping[str, Any]) -> tuple[frozenset[str], int | None, int]:
+        """(observations read, image side, action dimension) of a checkpoint of this policy, from its
+        ``config.json`` alone (generic format: the recorded ``config_dict()``)."""
+        config = saved.get("config") or {}
+        reads = frozenset(k for k, on in (("state", bool(config.get("state_dim"))),
+                                          ("image", config.get("image_size") is not None)) if on)
+        return reads, config.get("image_size"), int(saved.get("action_dim", 7))
+
+    def add_instruction(self, text: str, init_from: str | None = None) -> list[str]:
+        """Teach the policy a new task's instruction; returns what was added. Policies that read text
+        through a real tokenizer need nothing (the default); word-vocabulary policies grow theirs."""
+        return []
 
     # ------------------------------------------------------------------ pi0
 
@@ -233,6 +298,22 @@ class Policy(nn.Module, abc.ABC):
         from vla_cl.policies.checkpoint import write_checkpoint
 
         return write_checkpoint(self, folder, metadata)
+
+    # What the generic checkpoint holds: by default every tensor of ``state_dict()`` and the constructor
+    # arguments; an adapter-based policy keeps only what fine-tuning changes and a reference to its base.
+
+    def checkpoint_state(self) -> dict[str, torch.Tensor]:
+        """The tensors a checkpoint of this policy stores."""
+        return self.state_dict()
+
+    def load_checkpoint_state(self, tensors: Mapping[str, torch.Tensor]) -> None:
+        """Copy ``tensors`` (``checkpoint_state()``'s names and shapes, checked by the reader) into this policy."""
+        self.load_state_dict(dict(tensors), strict=True)
+
+    @classmethod
+    def from_checkpoint_config(cls, tokenizer: ActionTokenizer, config: Mapping[str, Any]) -> Policy:
+        """The policy a checkpoint's recorded ``config_dict()`` describes, before its tensors are loaded."""
+        return cls(tokenizer=tokenizer, **config)
 
     @classmethod
     def from_pretrained(cls, folder: str | Path) -> Policy:

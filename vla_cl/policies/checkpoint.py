@@ -148,7 +148,7 @@ def write_checkpoint(policy: Policy, folder: str | Path, metadata: Mapping[str, 
     except (TypeError, ValueError) as error:
         raise ValueError(f"metadata must be JSON-serialisable: {error}") from None
     # Clones: safetensors refuses views and tensors sharing storage.
-    tensors = {name: t.detach().to("cpu").contiguous().clone() for name, t in policy.state_dict().items()}
+    tensors = {name: t.detach().to("cpu").contiguous().clone() for name, t in policy.checkpoint_state().items()}
 
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".saving", dir=folder.parent))
@@ -233,6 +233,31 @@ def check_tensors(
         raise ValueError(f"{where} does not match the policy its config describes; " + "; ".join(problems))
 
 
+def _verified_weights(folder: Path, config: Mapping[str, Any]) -> Path:
+    weights = folder / WEIGHTS_FILE
+    if not weights.is_file():
+        raise ValueError(f"{folder} is an incomplete checkpoint: it has no {WEIGHTS_FILE}")
+    if _sha256(weights) != config["weights_sha256"]:
+        raise ValueError(f"{weights} is corrupt: its SHA-256 differs from the one recorded in {CONFIG_FILE}")
+    return weights
+
+
+def load_checkpoint_into(policy: Policy, folder: str | Path) -> dict[str, Any]:
+    """Load a checkpoint of the same policy into ``policy`` in place (resuming a run: nothing is rebuilt,
+    an adapter policy's base stays as it is). Checked: format, policy name, digest, tensor names and
+    shapes. Returns the checkpoint's config.json."""
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    config = read_config_json(folder)
+    check_header(config, folder, policy.name)
+    weights = _verified_weights(folder, config)
+    expected = {name: tuple(t.shape) for name, t in policy.checkpoint_state().items()}
+    check_tensors(expected, _tensor_index(weights), str(weights))
+    policy.load_checkpoint_state(load_file(str(weights)))
+    return config
+
+
 def read_checkpoint(folder: str | Path, cls: type[Policy] | None = None) -> Policy:
     """Rebuild the policy saved by ``write_checkpoint``. With ``cls``, the checkpoint must hold that
     policy; without, the class comes from the registry by the recorded name."""
@@ -245,11 +270,7 @@ def read_checkpoint(folder: str | Path, cls: type[Policy] | None = None) -> Poli
         from vla_cl.policies.registry import get_policy_class
 
         cls = get_policy_class(config["policy"])
-    weights = folder / WEIGHTS_FILE
-    if not weights.is_file():
-        raise ValueError(f"{folder} is an incomplete checkpoint: it has no {WEIGHTS_FILE}")
-    if _sha256(weights) != config["weights_sha256"]:
-        raise ValueError(f"{weights} is corrupt: its SHA-256 differs from the one recorded in {CONFIG_FILE}")
+    weights = _verified_weights(folder, config)
     tokenizer = tokenizer_from_json(config["tokenizer"], str(folder / CONFIG_FILE))
     options = config["config"]
     if not isinstance(options, dict):
@@ -257,7 +278,7 @@ def read_checkpoint(folder: str | Path, cls: type[Policy] | None = None) -> Poli
             f"{folder / CONFIG_FILE}: 'config' must be an object, got {type(options).__name__}"
         )
     try:
-        policy = cls(tokenizer=tokenizer, **options)
+        policy = cls.from_checkpoint_config(tokenizer, options)
     except (TypeError, ValueError) as error:
         raise ValueError(
             f"{folder}: the recorded config does not build a {cls.name!r} policy: {error}"
@@ -267,7 +288,7 @@ def read_checkpoint(folder: str | Path, cls: type[Policy] | None = None) -> Poli
             f"{folder}: config.json records action_dim {config['action_dim']}, the rebuilt policy has "
             f"{policy.action_dim}"
         )
-    expected = {name: tuple(t.shape) for name, t in policy.state_dict().items()}
+    expected = {name: tuple(t.shape) for name, t in policy.checkpoint_state().items()}
     check_tensors(expected, _tensor_index(weights), str(weights))
-    policy.load_state_dict(load_file(str(weights)), strict=True)
+    policy.load_checkpoint_state(load_file(str(weights)))
     return policy.eval()

@@ -24,7 +24,7 @@ autoregressively, position d conditioned on the observation and tokens < d.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -32,8 +32,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from vla_cl.policies.base import ObsBatch, Policy, choose_tokens
-from vla_cl.policies.instructions import InstructionEncoder
-from vla_cl.policies.state_policy import check_own_vocabulary, check_state, resolve_vocabulary
+from vla_cl.policies.instructions import InstructionEncoder, split_words
+from vla_cl.policies.state_policy import build_for_task, check_own_vocabulary, check_state, resolve_vocabulary
 from vla_cl.tokenizer import ActionTokenizer
 
 KV = tuple[torch.Tensor, torch.Tensor]
@@ -189,6 +189,15 @@ class SmallVLMPolicy(Policy):
             "state_dim": self.state_dim,
             "value_head": self.value_head_enabled,
         }
+
+    @classmethod
+    def for_task(cls, *, state_dim: int, action_stats: Mapping[str, Any], instructions: Sequence[str],
+                 preset: str, value_head: bool, seed: int) -> SmallVLMPolicy:
+        """As ``state_token``'s, reading the image too, with room for the longest instruction's words."""
+        start = cls.tiny_config() if preset == "tiny" else {}
+        longest = max(len(split_words(text)) for text in instructions)
+        return build_for_task(cls, state_dim, action_stats, instructions, preset, value_head, seed,
+                              max_words=max(start.get("max_words", 16), longest))
 
     def add_instruction(self, text: str, init_from: str | None = None) -> list[str]:
         """Add a new task's words to the vocabulary (see ``InstructionEncoder.add_instruction``; here the

@@ -14,7 +14,7 @@ detached, so actor losses never reach the value head and the value loss never mo
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -22,7 +22,7 @@ from torch import nn
 
 from vla_cl.policies.base import ObsBatch, Policy
 from vla_cl.policies.instructions import InstructionEncoder, build_vocabulary
-from vla_cl.tokenizer import ActionTokenizer
+from vla_cl.tokenizer import ActionTokenizer, NormStats
 
 
 def mlp(sizes: Sequence[int]) -> nn.Sequential:
@@ -62,6 +62,18 @@ def resolve_vocabulary(
             )
         raise ValueError(f"{policy} takes instructions= or vocabulary=, not both")
     return list(vocabulary) if vocabulary is not None else build_vocabulary(instructions)
+
+
+def build_for_task(cls: type[Policy], state_dim: int, action_stats: Mapping[str, Any], instructions: Sequence[str],
+                   preset: str, value_head: bool, seed: int, **options: Any) -> Policy:
+    """A fresh word-vocabulary policy (``state_token``, ``small_vlm``) for a task: its state size, the
+    instructions as vocabulary, 256 bins over the task's action statistics; ``preset`` ``tiny`` starts
+    from ``cls.tiny_config()``. ``options`` override the rest."""
+    config = dict(cls.tiny_config()) if preset == "tiny" else {}
+    config.update(instructions=list(instructions), value_head=value_head, state_dim=state_dim, **options)
+    stats = NormStats(action_stats["q01"], action_stats["q99"], action_stats["mask"])
+    torch.manual_seed(seed)
+    return cls(tokenizer=ActionTokenizer(256, 256, stats), **config)
 
 
 def check_state(obs: ObsBatch, state_dim: int, policy: str) -> torch.Tensor:
@@ -132,6 +144,11 @@ class StateTokenPolicy(Policy):
             "instruction_dim": self.instruction.dim,
             "value_head": self.value_head_enabled,
         }
+
+    @classmethod
+    def for_task(cls, *, state_dim: int, action_stats: Mapping[str, Any], instructions: Sequence[str],
+                 preset: str, value_head: bool, seed: int) -> StateTokenPolicy:
+        return build_for_task(cls, state_dim, action_stats, instructions, preset, value_head, seed)
 
     def add_instruction(self, text: str, init_from: str | None = None) -> list[str]:
         """Teach the policy a new task's instruction (see ``InstructionEncoder.add_instruction``): with

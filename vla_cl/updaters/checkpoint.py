@@ -156,7 +156,7 @@ def load_checkpoint(root: Path, policy: Any, optimizer: torch.optim.Optimizer) -
     and the global RNGs; returns its JSON record, or None (after cleaning up) when there is none."""
     from safetensors.torch import load_file
 
-    from vla_cl.policies.checkpoint import read_checkpoint
+    from vla_cl.policies.checkpoint import load_checkpoint_into
 
     root = Path(root)
     if not root.is_dir():
@@ -168,8 +168,7 @@ def load_checkpoint(root: Path, policy: Any, optimizer: torch.optim.Optimizer) -
     record = json.loads((folder / STATE_FILE).read_text())
     if record.get("format") != FORMAT or record.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"{folder / STATE_FILE} is not a {FORMAT} v{FORMAT_VERSION} file")
-    saved = read_checkpoint(folder / POLICY_FOLDER, type(policy))  # validated: digest, names, shapes
-    policy.load_state_dict(saved.state_dict())  # copies into the existing parameters, on their device
+    load_checkpoint_into(policy, folder / POLICY_FOLDER)  # validated (digest, names, shapes), copied in place
     tensors = load_file(str(folder / TENSORS_FILE))
     restore_optimizer(optimizer, tensors, record["optimizer"])
     restore_rng(tensors, record["rng"])

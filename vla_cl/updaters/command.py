@@ -30,7 +30,6 @@ from vla_cl.updaters.registry import config_from_options, get_updater_class, opt
 
 UpdaterOptions = options_dataclass()
 PRESETS = ("tiny", "default")
-STATE_ONLY_POLICIES = ("state_token",)  # every other policy reads images
 INIT = 100  # derived-seed stream for weights created here (new value heads, new words)
 
 
@@ -50,6 +49,7 @@ class TrainConfig(LoopConfig, RunConfig):
     demos: str | None = option(None, "demonstration folder (`vla-cl demos`) for sft, sft_kl, oracle_sft")
     teacher: str | None = option(None, "teacher policy checkpoint for distill")
     instruction_init_from: str | None = option(None, "initialise the task's new instruction words like this one's")
+    lora_rank: int = option(32, "LoRA rank, for policies fine-tuned through adapters (openvla)")
     num_envs: int = option(4, "envs stepped together when collecting episodes")
     processes: bool = option(False, "one worker process per env instead of stepping them in-process")
     max_episode_steps: int | None = option(None, "episode length for training and evaluation (None = task default)")
@@ -65,6 +65,7 @@ class TrainConfig(LoopConfig, RunConfig):
         except ValueError as error:
             raise _invalid("task", error) from None
         require_choice("policy_preset", self.policy_preset, PRESETS)
+        require(self.lora_rank >= 1, "lora_rank", self.lora_rank, "an integer >= 1")
         require(self.num_envs >= 1, "num_envs", self.num_envs, "an integer >= 1")
         if self.max_episode_steps is not None:
             require(self.max_episode_steps >= 1, "max_episode_steps", self.max_episode_steps, "None or >= 1")
@@ -88,19 +89,19 @@ class TrainConfig(LoopConfig, RunConfig):
 
     def _check_policy(self) -> tuple[int, set[str]]:
         """Validate policy/init; returns pi0's action dimension and the observations it reads."""
-        from vla_cl.policies import list_policies
+        from vla_cl.policies import get_policy_class, list_policies
 
         if self.policy is not None:
             require_choice("policy", self.policy, list_policies())
-        if self.init is None:  # a fresh policy reads the task's state, and images unless it is state-only
-            name = self.policy or "state_token"
-            return 7, {"state"} if name in STATE_ONLY_POLICIES else {"state", "image"}
-        name, config = _checkpoint_config("init", self.init)
+        if self.init is None:
+            try:
+                reads, _ = get_policy_class(self.policy or "state_token").fresh_observations(self.policy_preset)
+            except ValueError as error:
+                raise _invalid("policy", error) from None
+            return 7, set(reads)
+        name, reads, _, action_dim = describe_init("init", self.init)
         require(self.policy in (None, name), "policy", self.policy, f"None or {name!r}, the policy in init")
-        reads = set() if name in STATE_ONLY_POLICIES else {"image"}
-        if name in STATE_ONLY_POLICIES or (config.get("config") or {}).get("state_dim"):
-            reads.add("state")
-        return int(config.get("action_dim", 7)), reads
+        return action_dim, set(reads)
 
     def _check_demos(self, action_dim: int, reads: set[str]) -> None:
         from vla_cl.envs.demos import load_demos
@@ -131,94 +132,83 @@ def _checkpoint_config(field: str, folder: str) -> tuple[str, dict[str, Any]]:
         raise _invalid(field, error) from None
 
 
+def describe_init(field: str, init: str) -> tuple[str, frozenset[str], int | None, int]:
+    """(policy name, observations read, image side, action dimension) of a checkpoint folder, or of a hub
+    repo id (only OpenVLA's layout comes from the hub; it is fetched now, or fails fast offline)."""
+    from pathlib import Path
+
+    from vla_cl.policies import get_policy_class
+
+    if not Path(init).expanduser().exists() and "/" in init and not init.startswith((".", "/", "~")):
+        from vla_cl.policies.openvla.checkpoint import resolve_checkpoint
+
+        try:
+            init = str(resolve_checkpoint(init))
+        except (RuntimeError, ValueError) as error:
+            raise _invalid(field, error) from None
+    name, saved = _checkpoint_config(field, init)
+    reads, side, action_dim = get_policy_class(name).checkpoint_observations(saved)
+    return name, reads, side, action_dim
+
+
 # ------------------------------------------------------------------------------------------ building pi0
 
 
-def observation_mode(policies: list) -> str:
-    """What the envs must observe for these policies: instances, or names of policies still to be built
-    (a fresh policy reads images if it is not state-only, and the task's state in any case)."""
-    needs: set[str] = set()
-    for p in policies:
-        if p is None:
-            continue
-        name = p if isinstance(p, str) else p.name
-        if name not in STATE_ONLY_POLICIES:
-            needs.add("image")
-        if isinstance(p, str) or name in STATE_ONLY_POLICIES or getattr(p, "state_dim", 0):
-            needs.add("state")
-    return "both" if needs == {"image", "state"} else "rgb" if needs == {"image"} else "state"
+def observation_mode(reads: set[str]) -> str:
+    """The envs' observation mode for policies that together read ``reads``."""
+    return "both" if reads == {"image", "state"} else "rgb" if reads == {"image"} else "state"
 
 
-def image_size(policy: Any, preset: str) -> int | None:
-    """The image side a policy (instance, or name of one to build with ``preset``) reads, if it reads images."""
+def planned_observations(config: TrainConfig, loaded: Any, teacher: Any) -> tuple[set[str], int]:
+    """What the envs must give: everything pi0 (loaded, or still to be built) and the teacher read, at the
+    image side they read (64 when none reads images)."""
     from vla_cl.policies import get_policy_class
 
-    if policy is None:
-        return None
-    if isinstance(policy, str):
-        if policy in STATE_ONLY_POLICIES:
-            return None
-        config = get_policy_class(policy).tiny_config() if preset == "tiny" else {}
-        return int(config.get("image_size", 64))
-    vision = getattr(policy, "vision", None)
-    return getattr(vision, "image_size", 224) if policy.name not in STATE_ONLY_POLICIES else None
-
-
-def fresh_policy(name: str, preset: str, state_dim: int, action_stats: dict, instruction: str,
-                 value_head: bool, seed: int):
-    """A new policy for a task: its state size, instruction and action statistics."""
-    from vla_cl.policies import get_policy_class, make_policy
-    from vla_cl.policies.instructions import split_words
-    from vla_cl.tokenizer import ActionTokenizer, NormStats
-
-    cls = get_policy_class(name)
-    options = dict(cls.tiny_config()) if preset == "tiny" else {}
-    options.update(instructions=[instruction], value_head=value_head, state_dim=state_dim)
-    if name != "state_token":
-        options["max_words"] = max(options.get("max_words", 16), len(split_words(instruction)))
-    stats = NormStats(action_stats["q01"], action_stats["q99"], action_stats["mask"])
-    torch.manual_seed(derived_seed(seed, INIT))
-    return make_policy(name, tokenizer=ActionTokenizer(256, 256, stats), **options)
-
-
-def with_value_head(policy, seed: int):
-    """The same policy with a freshly initialised value head (its other weights copied)."""
-    config = policy.config_dict()
-    if "value_head" not in config:
-        raise ValueError(f"policy {policy.name!r} cannot be given a value head; PPO needs one")
-    torch.manual_seed(derived_seed(seed, INIT, 1))
-    grown = type(policy)(tokenizer=policy.tokenizer, **{**config, "value_head": True})
-    missing, unexpected = grown.load_state_dict(policy.state_dict(), strict=False)
-    added = {name for name, _ in grown.named_parameters()} - {name for name, _ in policy.named_parameters()}
-    if unexpected or set(missing) != added:
-        raise ValueError(f"adding a value head changed more than the head: missing {missing}, unexpected {unexpected}")
-    return grown
+    if loaded is not None:
+        reads, side = set(loaded.observation_keys), loaded.image_size
+    else:
+        fresh, side = get_policy_class(config.policy or "state_token").fresh_observations(config.policy_preset)
+        reads = set(fresh)
+    if teacher is not None:
+        reads |= set(teacher.observation_keys)
+        side = side or teacher.image_size
+    return reads, side or 64
 
 
 def prepare_pi0(config: TrainConfig, env: Any, updater: Any, instruction: str, loaded: Any = None):
-    """pi0 as the run trains it: loaded or built, with the task's words and (for PPO) a value head."""
-    state_dim = env.single_observation_space["state"].shape[0] if "state" in env.single_observation_space.spaces \
-        else 0
+    """pi0 as the run trains it: loaded or built for the task, taught the task's instruction, prepared
+    for fine-tuning (adapters, for policies trained through them) and, for PPO, given a value head."""
+    from vla_cl.policies import get_policy_class
+
+    spaces = env.single_observation_space.spaces
+    state_dim = spaces["state"].shape[0] if "state" in spaces else 0
     if loaded is None:
-        policy = fresh_policy(config.policy or "state_token", config.policy_preset, state_dim,
-                              env.get_attr("action_stats")[0], instruction, updater.needs_value_head, config.seed)
+        policy = get_policy_class(config.policy or "state_token").for_task(
+            state_dim=state_dim, action_stats=env.get_attr("action_stats")[0], instructions=[instruction],
+            preset=config.policy_preset, value_head=updater.needs_value_head, seed=derived_seed(config.seed, INIT))
     else:
         policy = loaded
-        if getattr(policy, "state_dim", 0) and policy.state_dim != state_dim:
-            raise ValueError(f"init holds a policy reading {policy.state_dim}-D states; {config.task} has "
+        if policy.state_size and policy.state_size != state_dim:
+            raise ValueError(f"init holds a policy reading {policy.state_size}-D states; {config.task} has "
                              f"{state_dim}-D states")
-        if hasattr(policy, "add_instruction"):
-            unseen = [w for w in _words(instruction) if w not in policy.instruction.index]
-            if unseen:
-                torch.manual_seed(derived_seed(config.seed, INIT, 2))
-                added = policy.add_instruction(instruction, init_from=config.instruction_init_from)
-                print(f"[train] added the task's new words {added} to pi0's vocabulary"
-                      + (f" (initialised like {config.instruction_init_from!r})" if config.instruction_init_from
-                         else ""))
-        if updater.needs_value_head and not policy.has_value_head:
-            policy = with_value_head(policy, config.seed)
-            print(f"[train] pi0 has no value head; added a fresh one for {updater.name}")
+        torch.manual_seed(derived_seed(config.seed, INIT, 2))
+        added = policy.add_instruction(instruction, init_from=config.instruction_init_from) \
+            if not knows(policy, instruction) else []
+        if added:
+            print(f"[train] added the task's new words {added} to pi0's vocabulary"
+                  + (f" (initialised like {config.instruction_init_from!r})" if config.instruction_init_from else ""))
+    torch.manual_seed(derived_seed(config.seed, INIT, 3))  # adapters start from the run's seed, not from chance
+    policy.prepare_finetuning(lora_rank=config.lora_rank)
+    if updater.needs_value_head and not policy.has_value_head:
+        policy = policy.with_value_head(derived_seed(config.seed, INIT, 1))
+        print(f"[train] pi0 has no value head; added a fresh one for {updater.name}")
     return policy
+
+
+def knows(policy: Any, instruction: str) -> bool:
+    """Whether a word-vocabulary policy has every word of ``instruction`` (others read any text)."""
+    encoder = getattr(policy, "instruction", None)
+    return encoder is None or all(word in encoder.index for word in _words(instruction))
 
 
 def _words(text: str) -> list[str]:
@@ -249,10 +239,9 @@ def run(config: TrainConfig, run_dir: RunDir) -> int:
     teacher = load_policy(config.teacher) if config.teacher else None
     demos = load_demos(config.demos) if config.demos else None
     loaded = load_policy(config.init) if config.init else None
-    planned = loaded if loaded is not None else config.policy or "state_token"
-    obs_mode = observation_mode([planned, teacher])
-    sizes = [image_size(p, config.policy_preset) for p in (planned, teacher)]
-    env = make_env(config, obs_mode, next((s for s in sizes if s is not None), 64))
+    reads, side = planned_observations(config, loaded, teacher)
+    obs_mode = observation_mode(reads)
+    env = make_env(config, obs_mode, side)
     try:
         policy = prepare_pi0(config, env, updater, get_spec(config.task).instruction, loaded)
         print(f"[train] {updater.name} on {config.task}: {policy.name} "

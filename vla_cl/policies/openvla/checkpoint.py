@@ -51,6 +51,17 @@ def resolve_checkpoint(name_or_path: str | Path, revision: str | None = None) ->
         ) from error
 
 
+def is_finetuning_checkpoint(folder: Path) -> bool:
+    """A folder written by ``OpenVLAPolicy.save_pretrained`` for a policy with adapters (this library's
+    generic checkpoint format), rather than a checkpoint in OpenVLA's layout."""
+    from vla_cl.policies.checkpoint import FORMAT
+
+    try:
+        return json.loads((folder / "config.json").read_text()).get("format") == FORMAT
+    except (OSError, json.JSONDecodeError):
+        return False
+
+
 def read_config(folder: Path) -> OpenVLAConfig:
     path = folder / "config.json"
     if not path.is_file():

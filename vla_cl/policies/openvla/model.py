@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -43,6 +44,7 @@ from vla_cl.policies.openvla.vision import FusedVisionBackbone
 from vla_cl.tokenizer import ActionTokenizer, NormStats
 
 WEIGHT_INITS = ("random", "empty")
+VALUE_WIDTH = 512  # hidden width of the value head's MLP
 GREEDY_VOCABULARIES = ("full", "action")
 
 
@@ -178,6 +180,11 @@ class OpenVLAPolicy(Policy):
         if weights == "random":
             _init_random_(self, seed)
         self._lm_call = _LMCall()
+        self.critic: nn.Module | None = None  # the value head (PPO), see with_value_head
+        # Where the base weights come from (a checkpoint, or random with a seed) and the LoRA settings: a
+        # fine-tuning checkpoint stores only the adapters and the value head, and rebuilds the rest from these.
+        self.base_source: dict[str, Any] = {"kind": "random", "seed": int(seed)} if weights == "random" else {}
+        self.lora_settings: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ construction from checkpoints
 
@@ -193,7 +200,22 @@ class OpenVLAPolicy(Policy):
         revision: str | None = None,
         **options: Any,
     ) -> OpenVLAPolicy:
-        """Load an OpenVLA checkpoint (a folder, or a hub repo id such as ``openvla/openvla-7b``)."""
+        """Load an OpenVLA checkpoint: a folder or a hub repo id (``openvla/openvla-7b``) in OpenVLA's layout,
+        or a fine-tuning checkpoint of this library (LoRA adapters + value head + a reference to the base,
+        as ``save_pretrained`` writes it for a policy with adapters), which loads its base first."""
+        local = Path(name_or_path).expanduser()
+        if local.is_dir() and ckpt.is_finetuning_checkpoint(local):
+            from vla_cl.policies.checkpoint import check_header, load_checkpoint_into, read_config_json
+
+            saved = read_config_json(local)
+            check_header(saved, local, cls.name)
+            recorded = saved["config"]
+            if unnorm_key is not None and unnorm_key != recorded.get("unnorm_key"):
+                raise ValueError(f"{local} was fine-tuned acting with the {recorded.get('unnorm_key')!r} statistics; "
+                                 f"unnorm_key={unnorm_key!r} would change what its tokens mean")
+            policy = cls._from_finetuning_config(recorded, torch_dtype=torch_dtype, device=device)
+            load_checkpoint_into(policy, local)  # digest, names and shapes checked
+            return policy.eval()
         folder = ckpt.resolve_checkpoint(name_or_path, revision)
         config = ckpt.read_config(folder)
         select_unnorm_key(config, unnorm_key)  # fail on a bad dataset name before reading any weights
@@ -205,6 +227,7 @@ class OpenVLAPolicy(Policy):
         policy = cls(config, text_tokenizer, unnorm_key, torch_dtype=torch_dtype, device=device,
                      weights="empty", **options)
         ckpt.load_tensors(policy, found)
+        policy.base_source = {"kind": "checkpoint", "name_or_path": str(name_or_path), "revision": revision}
         return policy
 
     @classmethod
@@ -233,7 +256,122 @@ class OpenVLAPolicy(Policy):
         config = self.config.to_dict()
         config["default_unnorm_key"] = self.unnorm_key
         return {"config": config, "unnorm_key": self.unnorm_key, "resize": self.resize,
-                "greedy_vocabulary": self.greedy_vocabulary}
+                "greedy_vocabulary": self.greedy_vocabulary, "base": self.base_source, "lora": self.lora_settings,
+                "value_head": self.has_value_head}
+
+    # ------------------------------------------------------------------ the policy interface's hooks
+
+    @classmethod
+    def tiny_config(cls) -> dict[str, Any]:
+        return {"image_size": OpenVLAConfig.tiny().image_size}
+
+    @classmethod
+    def fresh_observations(cls, preset: str) -> tuple[frozenset[str], int | None]:
+        if preset != "tiny":
+            cls.for_task(state_dim=0, action_stats={}, instructions=[], preset=preset, value_head=False, seed=0)
+        return frozenset({"image"}), OpenVLAConfig.tiny().image_size
+
+    @classmethod
+    def checkpoint_observations(cls, saved: dict[str, Any]) -> tuple[frozenset[str], int | None, int]:
+        """Either format: this library's fine-tuning checkpoint (the OpenVLA config inside ``config``) or
+        OpenVLA's own config.json."""
+        config = saved["config"]["config"] if "format" in saved else saved
+        stats = config.get("norm_stats") or {}
+        dims = {len(entry.get("action", entry).get("q01", [])) for entry in stats.values()} - {0}
+        return frozenset({"image"}), int(config.get("image_sizes", [224])[0]), dims.pop() if len(dims) == 1 else 7
+
+    @classmethod
+    def for_task(cls, *, state_dim: int, action_stats: dict[str, Any], instructions: Any, preset: str,
+                 value_head: bool, seed: int) -> OpenVLAPolicy:
+        """Only ``preset=tiny``: a toy-sized random OpenVLA acting with the task's action statistics (dataset
+        ``task``), for tests and smoke runs. A real one comes from a checkpoint (``init=``)."""
+        if preset != "tiny":
+            raise ValueError("policy=openvla is built from a checkpoint: pass init=openvla/openvla-7b (a hub id) or "
+                             "a local checkpoint folder; policy_preset=tiny builds a toy-sized random OpenVLA")
+        stats = {"task": {"action": {key: list(action_stats[key]) for key in ("q01", "q99", "mask")}}}
+        policy = cls.tiny(norm_stats=stats, unnorm_key="task", seed=seed)
+        return policy.with_value_head(seed) if value_head else policy
+
+    def prepare_finetuning(self, lora_rank: int = 32, **_: Any) -> None:
+        """LoRA on the language model (``add_lora``): the adapters (and a value head, if any) are what
+        fine-tuning trains; pi0 is the same model with the adapters disabled."""
+        if not self.has_adapter:
+            self.add_lora(rank=lora_rank)
+
+    def with_value_head(self, seed: int) -> OpenVLAPolicy:
+        """Attach a value head (in place): an MLP on the language model's last hidden state at the last
+        prompt position, the state from which the first action token is predicted (RL4VLA's choice). It
+        trains with the adapters; pi0 never uses it."""
+        width = int(self.config.text["hidden_size"])
+        generator = torch.Generator().manual_seed(seed)
+        head = nn.Sequential(nn.Linear(width, VALUE_WIDTH), nn.GELU(), nn.Linear(VALUE_WIDTH, 1))
+        with torch.no_grad():
+            for layer in (head[0], head[2]):
+                layer.weight.copy_(torch.randn(layer.weight.shape, generator=generator) * layer.in_features ** -0.5)
+                layer.bias.zero_()
+        self.critic = head.to(self.device)  # float32 whatever the model's dtype: values need the precision
+        return self
+
+    def value(self, obs: ObsBatch) -> torch.Tensor:
+        if self.critic is None:
+            return super().value(obs)
+        embeds, mask = self.prefix(obs)
+        hidden = self.llm().model(inputs_embeds=embeds, attention_mask=mask, position_ids=self._positions(mask),
+                                  use_cache=False).last_hidden_state
+        return self.critic(hidden[:, -1].float()).squeeze(-1)
+
+    def checkpoint_state(self) -> dict[str, torch.Tensor]:
+        """With adapters: the LoRA weights and the value head only (the base is rebuilt from ``base_source``);
+        without: every weight."""
+        if not self.has_adapter:
+            return self.state_dict()
+        return {name: p for name, p in self.named_parameters() if ".lora_" in name or name.startswith("critic.")}
+
+    def load_checkpoint_state(self, tensors: Any) -> None:
+        if not self.has_adapter:
+            return super().load_checkpoint_state(tensors)
+        params = dict(self.named_parameters())
+        with torch.no_grad():
+            for name, tensor in tensors.items():
+                params[name].copy_(tensor.to(params[name].dtype))
+
+    @classmethod
+    def from_checkpoint_config(cls, tokenizer: ActionTokenizer, config: dict[str, Any]) -> OpenVLAPolicy:
+        policy = cls._from_finetuning_config(config)
+        if tokenizer.stats is not None and policy.tokenizer.stats is not None and not (
+                np.allclose(tokenizer.stats.q01, policy.tokenizer.stats.q01)
+                and np.allclose(tokenizer.stats.q99, policy.tokenizer.stats.q99)):
+            raise ValueError(f"the checkpoint's action statistics differ from the base's {config['unnorm_key']!r} "
+                             "statistics: its tokens would mean other actions")
+        return policy
+
+    @classmethod
+    def _from_finetuning_config(cls, config: dict[str, Any], torch_dtype: torch.dtype | None = None,
+                                device: str | torch.device = "cpu") -> OpenVLAPolicy:
+        """The base (from its checkpoint, or random with the recorded seed), then the recorded adapters and
+        value head, empty until the checkpoint's tensors fill them."""
+        options = {"resize": config.get("resize", "pil"), "greedy_vocabulary": config.get("greedy_vocabulary", "full"),
+                   "torch_dtype": torch_dtype, "device": device}
+        saved = OpenVLAConfig.from_dict(config["config"])
+        base = config.get("base") or {}
+        if base.get("kind") == "checkpoint":
+            policy = cls.from_pretrained(base["name_or_path"], config["unnorm_key"], revision=base.get("revision"),
+                                         **options)
+            ours, theirs = policy.config.to_dict(), saved.to_dict()
+            differ = sorted(k for k in set(ours) | set(theirs)
+                            if k not in ("norm_stats", "default_unnorm_key") and ours.get(k) != theirs.get(k))
+            if differ:
+                raise ValueError(f"the adapters were trained on a base whose architecture differs from "
+                                 f"{base['name_or_path']} (in {differ[:5]}); point the checkpoint at its own base")
+        elif base.get("kind") == "random":
+            policy = cls(saved, processing.standin_tokenizer(), config["unnorm_key"], seed=int(base["seed"]), **options)
+        else:
+            raise ValueError(f"the checkpoint does not say where its base weights come from (base={base!r})")
+        if config.get("lora"):
+            policy.add_lora(**config["lora"])
+        if config.get("value_head"):
+            policy.with_value_head(0)
+        return policy
 
     # ------------------------------------------------------------------ inputs
 
@@ -373,7 +511,11 @@ class OpenVLAPolicy(Policy):
             raise ValueError(f"need rank >= 1 and 0 <= dropout < 1, got rank={rank}, dropout={dropout}")
         alpha = float(min(rank, 16) if alpha is None else alpha)
         targets = target_modules if isinstance(target_modules, str) else list(target_modules)
+        self.lora_settings = {"rank": rank, "alpha": alpha, "dropout": dropout, "target_modules": targets,
+                              "include_projector": include_projector}
         self.requires_grad_(False)
+        if self.critic is not None:
+            self.critic.requires_grad_(True)
         self.language_model = get_peft_model(
             self.language_model, LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets)
         )
@@ -384,6 +526,11 @@ class OpenVLAPolicy(Policy):
             )
         return self.trainable_parameters()
 
+    def mark_reference(self) -> None:
+        """With adapters pi0 is the model with them disabled (``reference``): nothing is copied."""
+        if not self.has_adapter:
+            super().mark_reference()
+
     @contextlib.contextmanager
     def reference(self) -> Iterator[OpenVLAPolicy]:
         """pi0: the adapters disabled (peft ``disable_adapter``), gradients off. Without an adapter this
@@ -392,7 +539,8 @@ class OpenVLAPolicy(Policy):
             with super().reference() as policy:
                 yield policy
             return
-        moved = [n for n, p in self.named_parameters() if p.requires_grad and ".lora_" not in n]
+        moved = [n for n, p in self.named_parameters()
+                 if p.requires_grad and ".lora_" not in n and not n.startswith("critic.")]
         if moved:
             raise RuntimeError(f"reference() disables the LoRA adapter, which gives pi0 only while the base "
                                f"weights stay frozen; these require grad: {moved[:5]}")
@@ -413,12 +561,19 @@ class OpenVLAPolicy(Policy):
         for prefix in ("vision_backbone", "projector", "language_model"):
             yield from canonical_tensors(getattr(self, prefix), prefix, merged)
 
-    def save_pretrained(self, folder: str | Path, max_shard_size: int | str = "5GB", merged: bool = True) -> Path:
-        """Write a complete OpenVLA checkpoint (config.json with the statistics and this policy's
-        ``default_unnorm_key``, safetensors shards + index, tokenizer). LoRA adapters are merged in
-        unless ``merged=False`` (then it is pi0's checkpoint; see ``save_adapter``)."""
+    def save_pretrained(self, folder: str | Path, metadata: dict[str, Any] | None = None, *,
+                        merged: bool = False, max_shard_size: int | str = "5GB") -> Path:
+        """With LoRA adapters and ``merged=False`` (what a training run saves): a fine-tuning checkpoint of a
+        few files (this library's format: the adapters, the value head, the action statistics and a reference
+        to the base checkpoint; ``load_policy`` rebuilds the policy from it). Otherwise a complete checkpoint in
+        OpenVLA's layout (config.json with the statistics and this policy's ``default_unnorm_key``, safetensors
+        shards + index, tokenizer), adapters merged into the weights; ``metadata`` is then not stored."""
+        if self.has_adapter and not merged:
+            from vla_cl.policies.checkpoint import write_checkpoint
+
+            return write_checkpoint(self, folder, metadata)
         folder = Path(folder)
-        ckpt.save_tensors(folder, self.checkpoint_tensors(merged), max_shard_size)
+        ckpt.save_tensors(folder, self.checkpoint_tensors(True), max_shard_size)
         ckpt.write_config(folder, self.config_dict()["config"], self.dtype)
         if self.text_tokenizer is not None and hasattr(self.text_tokenizer, "save_pretrained"):
             self.text_tokenizer.save_pretrained(str(folder))
