@@ -12,7 +12,8 @@ conventions, so a policy sees exactly what OpenVLA sees in SimplerEnv's evaluati
   lags. The action space is +-``TRANSLATION_LIMIT`` m and +-``ROTATION_LIMIT`` rad, which holds every
   action OpenVLA can emit with the ``bridge_orig`` statistics (see :mod:`vla_cl.envs.postprocess`);
 * image: the ``3rd_view_camera`` (640x480, the Bridge camera) greenscreened with the real photo, resized
-  to ``image_size`` squared with ``cv2.INTER_AREA`` (as OpenVLA's SimplerEnv evaluation does);
+  to ``image_size`` squared (224 by default) with ``cv2.INTER_AREA`` (as OpenVLA's SimplerEnv evaluation
+  does); these tasks observe the image by default (``obs_mode`` rgb);
 * instruction: the scene's ``get_language_instruction()``; info: ``success``, ``is_src_obj_grasped``,
   ``consecutive_grasp``, ``src_on_target`` (ManiSkill's evaluation); 60 steps (eggplant 120).
 
@@ -157,6 +158,7 @@ for _task in BRIDGE_TASKS:
             assets=ASSET_IDS,
             description=_task.description,
             paraphrases=_task.paraphrases,
+            default_obs_mode="rgb",  # a VLA reads the (greenscreened) camera image, as in SimplerEnv
             layouts=("grid",),  # SimplerEnv's own fixed set of episode layouts is these scenes' grid
             visuals=("default",),
         )

@@ -137,3 +137,14 @@ class GoogleRobotActions:
             )
         rotation = euler_to_axis_angle(action[3:6])
         return np.array([*action[:3], *rotation, self.gripper(action[6])], dtype=np.float32)
+
+
+# Datasets whose actions a policy must convert before a SimplerEnv scene can execute them, keyed by the
+# statistics' name in an OpenVLA checkpoint (its ``unnorm_key``). The Google robot's conversion carries
+# per-episode state (``GoogleRobotActions``) and its scenes are not among this library's tasks.
+CONVERSIONS = {"bridge_orig": bridge_action}
+
+
+def conversion_for(dataset: str | None):
+    """The post-processing SimplerEnv applies to actions decoded with ``dataset``'s statistics, or None."""
+    return CONVERSIONS.get(dataset or "")

@@ -27,7 +27,8 @@ VISUALS = ("default", "shifted")
 class EnvOptions:
     """Options every task accepts (``vla_cl.envs.make(task_id, **options)``)."""
 
-    obs_mode: str = option("state", "what observations carry: state (vector), rgb (image) or both")
+    obs_mode: Optional[str] = option(None, "what observations carry: state (vector), rgb (image) or both; "
+                                     "None = the task's default (state; rgb for the SimplerEnv scenes)")
     image_size: int = option(224, "side of the square observation image in pixels (rgb/both)")
     render_size: Optional[int] = option(None, "side of frames from env.render() (videos); None = no render camera")
     control_freq: Optional[int] = option(None, "control frequency in Hz where the backend allows; None = task default")
@@ -43,7 +44,8 @@ class EnvOptions:
                          "lighting drawn per episode from its seed; changes images only)")
 
     def __post_init__(self) -> None:
-        require_choice("obs_mode", self.obs_mode, OBS_MODES)
+        if self.obs_mode is not None:
+            require_choice("obs_mode", self.obs_mode, OBS_MODES)
         require_choice("out_of_range", self.out_of_range, OUT_OF_RANGE)
         require_choice("layout", self.layout, LAYOUTS)
         require_choice("instruction", self.instruction, INSTRUCTIONS)
@@ -70,6 +72,7 @@ class TaskSpec:
     description: str = ""
     extra: tuple[tuple[str, Any], ...] = ()  # task-specific settings the factory reads
     paraphrases: tuple[str, ...] = ()  # held-out rewordings of the instruction (never used in training)
+    default_obs_mode: str = "state"  # what make() gives when obs_mode is not asked for
     layouts: tuple[str, ...] = LAYOUTS  # the EnvOptions.layout values the task supports
     visuals: tuple[str, ...] = VISUALS  # the EnvOptions.visual values the task supports
 
@@ -126,6 +129,8 @@ def make(task_id: str, **options: Any):
     if unknown:
         raise ValueError(f"unknown option(s) {unknown} for make({task_id!r}); valid options: {sorted(valid)}")
     env_options = EnvOptions(**options)
+    if env_options.obs_mode is None:
+        env_options = dataclasses.replace(env_options, obs_mode=spec.default_obs_mode)
     spec.check_options(env_options)
     module, _, attr = spec.factory.partition(":")
     factory = getattr(importlib.import_module(module), attr)

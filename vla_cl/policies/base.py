@@ -357,7 +357,14 @@ class Policy(nn.Module, abc.ABC):
         tokens, step_logits = self._decode_tokens(obs, greedy, temperature, generator)
         normalized = self.tokenizer.decode(tokens.cpu().numpy())
         actions = self.tokenizer.unnormalize(normalized) if self.tokenizer.stats is not None else normalized
-        return ActionSample(tokens, step_logits, self.action_support, normalized, np.asarray(actions, np.float32))
+        return ActionSample(tokens, step_logits, self.action_support, normalized,
+                            np.asarray(self.env_actions(actions), np.float32))
+
+    def env_actions(self, actions: np.ndarray) -> np.ndarray:
+        """The un-normalised decoded actions (B, D) in the environment's convention. The identity, unless
+        the checkpoint's action statistics come from a dataset whose actions need converting (OpenVLA with
+        ``bridge_orig``: SimplerEnv's post-processing)."""
+        return actions
 
     def _decode_tokens(
         self, obs: ObsBatch, greedy: bool, temperature: float, generator: torch.Generator | None

@@ -103,9 +103,11 @@ class RazorConfig(RunConfig):
         require(self.policy in POLICIES, "policy", self.policy, f"one of {', '.join(POLICIES)}")
         if self.policy == "openvla":
             raise ValueError(
-                "invalid value for policy: 'openvla' needs OpenVLA-7B inside the training loop (PPO with a value "
-                "head, LoRA checkpoints, the Bridge scenes' post-processing), which this version does not have "
-                "yet; run the embedded default (policy=state_token) meanwhile")
+                "invalid value for policy: 'openvla' runs OpenVLA-7B as pi0 on the SimplerEnv Bridge scenes, whose "
+                "SFT arm needs demonstrations of those scenes; the Bridge scenes have no scripted experts and no "
+                "demonstration set ships offline, so the razor cannot run it yet. Fine-tune OpenVLA-7B on a Bridge "
+                "scene with `vla-cl train preset=openvla_bridge_carrot` and measure retention with `vla-cl eval "
+                "suite=bridge base=...`; run the embedded default (policy=state_token) for the whole experiment")
         self.prior_tasks = list(self.prior_tasks)
         for field, task in [("new_task", self.new_task), *(("prior_tasks", t) for t in self.prior_tasks)]:
             try:

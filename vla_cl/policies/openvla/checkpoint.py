@@ -39,6 +39,18 @@ def resolve_checkpoint(name_or_path: str | Path, revision: str | None = None) ->
         raise ValueError(f"{path} is a file; pass the checkpoint folder that holds config.json")
     if not _REPO_ID.match(str(name_or_path)):
         raise ValueError(f"{name_or_path!r} is neither a folder nor a Hugging Face repo id (owner/name)")
+    local_only = hub_unreachable()
+    if local_only:
+        from huggingface_hub import snapshot_download
+
+        try:  # a copy already in the hub cache still loads offline
+            return Path(snapshot_download(str(name_or_path), revision=revision, allow_patterns=HUB_PATTERNS,
+                                          local_files_only=True))
+        except Exception:  # noqa: BLE001 (not cached: the message below says what to do)
+            raise RuntimeError(
+                f"cannot fetch {name_or_path!r}: the Hugging Face hub is not reachable ({local_only}). Download it "
+                f"on a machine with network access (`huggingface-cli download {name_or_path} --local-dir DIR`) "
+                "and pass DIR, a local checkpoint folder, instead.") from None
     from huggingface_hub import snapshot_download
 
     try:
@@ -49,6 +61,23 @@ def resolve_checkpoint(name_or_path: str | Path, revision: str | None = None) ->
             "Without network access, download it elsewhere (`huggingface-cli download "
             f"{name_or_path} --local-dir DIR`) and pass DIR instead."
         ) from error
+
+
+def hub_unreachable(timeout: float = 3.0) -> str:
+    """Why the hub cannot be reached now ('' when it can): offline mode, or no TCP connection within
+    ``timeout`` seconds. Checked before any download, so an offline machine fails at once instead of after
+    huggingface_hub's retries."""
+    import os
+    import socket
+
+    for variable in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        if os.environ.get(variable, "").strip().lower() in ("1", "true", "yes", "on"):
+            return f"{variable} is set"
+    try:
+        with socket.create_connection(("huggingface.co", 443), timeout=timeout):
+            return ""
+    except OSError as error:
+        return f"no connection to huggingface.co: {error}"
 
 
 def is_finetuning_checkpoint(folder: Path) -> bool:

@@ -292,6 +292,15 @@ class OpenVLAPolicy(Policy):
         policy = cls.tiny(norm_stats=stats, unnorm_key="task", seed=seed)
         return policy.with_value_head(seed) if value_head else policy
 
+    def env_actions(self, actions: Any) -> Any:
+        """With ``bridge_orig`` statistics, SimplerEnv's post-processing (roll/pitch/yaw to axis-angle, gripper
+        ``2 * (g > 0.5) - 1``; ``vla_cl.envs.postprocess``), chosen by the checkpoint's statistics, never by
+        a string the user passes."""
+        from vla_cl.envs.postprocess import conversion_for
+
+        convert = conversion_for(self.unnorm_key)
+        return actions if convert is None else convert(actions)
+
     def prepare_finetuning(self, lora_rank: int = 32, **_: Any) -> None:
         """LoRA on the language model (``add_lora``): the adapters (and a value head, if any) are what
         fine-tuning trains; pi0 is the same model with the adapters disabled."""
