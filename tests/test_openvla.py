@@ -350,7 +350,7 @@ def test_bad_dataset_names_and_foreign_folders_fail_clearly(folder, tmp_path):
     (pickled / "pytorch_model.bin").write_bytes(b"not loaded")
     with pytest.raises(ValueError, match="pickled weights are never loaded"):
         OpenVLAPolicy.from_pretrained(pickled)
-    with pytest.raises(RuntimeError, match="could not fetch 'vla-cl-tests/no-such-openvla'.*--local-dir"):
+    with pytest.raises(RuntimeError, match="cannot fetch 'vla-cl-tests/no-such-openvla'.*--local-dir"):
         OpenVLAPolicy.from_pretrained("vla-cl-tests/no-such-openvla")  # offline here; unknown online
     no_default = OpenVLAConfig.tiny(norm_stats=STATS)
     with pytest.raises(ValueError, match="statistics for 2 datasets; choose one with unnorm_key"):
@@ -421,3 +421,8 @@ def test_benchmark_tiny_smoke(capsys):
     assert benchmark.main(["--tiny", "--repeats", "1", "--batch-sizes", "1", "4"]) == 0
     out = capsys.readouterr().out
     assert "actions/s" in out and "LoRA step" in out and "disable_adapter" in out
+    # One PPO update per batch size through updater.prepare and the loop's optimise, RL4VLA's memory beside it.
+    ppo = out[out.index("LoRA PPO update"):out.index("Memory of pi0")]
+    assert "value head" in ppo and "PPO update s/step" in ppo and "(theirs)" in ppo and "44.4 GB" in ppo
+    rows = [line for line in ppo.splitlines() if line.startswith(("| 8 ", "| 32 "))]
+    assert len(rows) == 2 and not any("out of memory" in row for row in rows)

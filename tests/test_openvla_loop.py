@@ -97,3 +97,21 @@ def test_tiny_openvla_learns_with_reinforce_on_the_carrot_scene(tmp_path, monkey
     trained = load_policy(out / "artifacts" / "policy")
     assert trained.has_adapter and trained.unnorm_key == "bridge_orig"
     assert sum(f.stat().st_size for f in (out / "artifacts" / "policy").iterdir()) < 2_000_000
+
+
+@pytest.mark.parametrize("preset", ["openvla_bridge_carrot", "openvla_bridge_spoon", "openvla_bridge_stack",
+                                    "openvla_bridge_eggplant"])
+def test_the_openvla_bridge_presets_compose(preset, monkeypatch):
+    """Each preset is a valid train config (with the 7B checkpoint swapped for a tiny random OpenVLA, since
+    the hub is out of reach here), with RL4VLA's settings where they apply."""
+    from vla_cl.cli.compose import compose
+    from vla_cl.updaters.command import TrainConfig
+
+    config = compose("train", TrainConfig, [f"preset={preset}", "init=null", "policy_preset=tiny"])
+    assert config.policy == "openvla" and config.task.startswith("simpler/") and config.lora_rank == 32
+    updater = config.updater_config()
+    assert config.updater.name == "ppo" and updater.lr == pytest.approx(1e-4) and updater.update_epochs == 1
+    assert updater.kl_coef == 0.0 and config.device.startswith("cuda")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(Exception, match="cannot fetch 'openvla/openvla-7b'"):
+        compose("train", TrainConfig, [f"preset={preset}"])

@@ -590,3 +590,10 @@ def test_quick_benchmark_prints_its_table(capsys):
     assert module.main(["--quick"]) == 0
     out = capsys.readouterr().out
     assert "fwd+bwd ms" in out and "state_token" in out and "small_vlm (image + state)" in out
+    # The rollout-vs-decode table: one row per registered policy (openvla at its tiny preset). Its ratios
+    # are timings on shared cores, so only their presence is checked here, not the <= 1.1 target.
+    rollout = out[out.index("Rollout vs decode"):]
+    assert "rollout/decode (batch 1)" in rollout and "rollout/decode (batch 8)" in rollout
+    rows = [line for line in rollout.splitlines()[3:] if line.startswith("| ")]
+    assert sorted(row.split("|")[1].split()[0].rstrip(",") for row in rows) == list_policies()
+    assert "openvla (tiny)" in rollout

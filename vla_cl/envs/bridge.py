@@ -159,6 +159,7 @@ for _task in BRIDGE_TASKS:
             description=_task.description,
             paraphrases=_task.paraphrases,
             default_obs_mode="rgb",  # a VLA reads the (greenscreened) camera image, as in SimplerEnv
+            action_dataset="bridge_orig",  # WidowX / Bridge: the statistics an OpenVLA checkpoint acts with
             layouts=("grid",),  # SimplerEnv's own fixed set of episode layouts is these scenes' grid
             visuals=("default",),
         )

@@ -73,6 +73,7 @@ class TaskSpec:
     extra: tuple[tuple[str, Any], ...] = ()  # task-specific settings the factory reads
     paraphrases: tuple[str, ...] = ()  # held-out rewordings of the instruction (never used in training)
     default_obs_mode: str = "state"  # what make() gives when obs_mode is not asked for
+    action_dataset: str | None = None  # the dataset convention of the task's actions (VLA checkpoints' unnorm_key)
     layouts: tuple[str, ...] = LAYOUTS  # the EnvOptions.layout values the task supports
     visuals: tuple[str, ...] = VISUALS  # the EnvOptions.visual values the task supports
 

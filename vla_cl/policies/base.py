@@ -235,6 +235,13 @@ class Policy(nn.Module, abc.ABC):
                                           ("image", config.get("image_size") is not None)) if on)
         return reads, config.get("image_size"), int(saved.get("action_dim", 7))
 
+    @classmethod
+    def load_options(cls, task: Any, device: str) -> dict[str, Any]:
+        """Options for ``from_pretrained`` when a checkpoint is loaded to fine-tune on ``task`` (a
+        ``vla_cl.envs.TaskSpec``) on ``device``: nothing for the small policies (they load on the CPU and
+        move); OpenVLA picks the task's action statistics and loads straight onto a GPU in bf16."""
+        return {}
+
     def add_instruction(self, text: str, init_from: str | None = None) -> list[str]:
         """Teach the policy a new task's instruction; returns what was added. Policies that read text
         through a real tokenizer need nothing (the default); word-vocabulary policies grow theirs."""
@@ -355,8 +362,9 @@ class Policy(nn.Module, abc.ABC):
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0 (use greedy=True for argmax), got {temperature}")
         tokens, step_logits = self._decode_tokens(obs, greedy, temperature, generator)
-        normalized = self.tokenizer.decode(tokens.cpu().numpy())
-        actions = self.tokenizer.unnormalize(normalized) if self.tokenizer.stats is not None else normalized
+        # the decoder chose these ids from the action slice, and bin centres are finite: no validation
+        normalized = self.tokenizer.decode(tokens.cpu().numpy(), check=False)
+        actions = self.tokenizer.unnormalize(normalized, check=False) if self.tokenizer.stats is not None else normalized
         return ActionSample(tokens, step_logits, self.action_support, normalized,
                             np.asarray(self.env_actions(actions), np.float32))
 

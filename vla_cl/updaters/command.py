@@ -132,21 +132,27 @@ def _checkpoint_config(field: str, folder: str) -> tuple[str, dict[str, Any]]:
         raise _invalid(field, error) from None
 
 
-def describe_init(field: str, init: str) -> tuple[str, frozenset[str], int | None, int]:
-    """(policy name, observations read, image side, action dimension) of a checkpoint folder, or of a hub
-    repo id (only OpenVLA's layout comes from the hub; it is fetched now, or fails fast offline)."""
+def resolve_init(field: str, init: str) -> str:
+    """A checkpoint folder as given, or the local copy of a hub repo id (``owner/name`` that is no local path;
+    only OpenVLA's layout comes from the hub): fetched now, or failing at once offline."""
+    import re
     from pathlib import Path
 
+    if Path(init).expanduser().exists() or not re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", init):
+        return init
+    from vla_cl.policies.openvla.checkpoint import resolve_checkpoint
+
+    try:
+        return str(resolve_checkpoint(init))
+    except (RuntimeError, ValueError) as error:
+        raise _invalid(field, f"{error} (nor is there a local folder {init!r})") from None
+
+
+def describe_init(field: str, init: str) -> tuple[str, frozenset[str], int | None, int]:
+    """(policy name, observations read, image side, action dimension) of a checkpoint folder or hub repo id."""
     from vla_cl.policies import get_policy_class
 
-    if not Path(init).expanduser().exists() and "/" in init and not init.startswith((".", "/", "~")):
-        from vla_cl.policies.openvla.checkpoint import resolve_checkpoint
-
-        try:
-            init = str(resolve_checkpoint(init))
-        except (RuntimeError, ValueError) as error:
-            raise _invalid(field, error) from None
-    name, saved = _checkpoint_config(field, init)
+    name, saved = _checkpoint_config(field, resolve_init(field, init))
     reads, side, action_dim = get_policy_class(name).checkpoint_observations(saved)
     return name, reads, side, action_dim
 
@@ -232,18 +238,25 @@ def make_env(config: TrainConfig, obs_mode: str, side: int):
 def run(config: TrainConfig, run_dir: RunDir) -> int:
     from vla_cl.envs import get_spec
     from vla_cl.envs.demos import load_demos
-    from vla_cl.policies import load_policy
+    from vla_cl.policies import get_policy_class, load_policy
     from vla_cl.updaters.loop import train
 
     updater = get_updater_class(config.updater.name)(config.updater_config())
-    teacher = load_policy(config.teacher) if config.teacher else None
+    spec = get_spec(config.task)
+
+    def load(field: str, init: str):
+        folder = resolve_init(field, init)
+        name = describe_init(field, folder)[0]
+        return load_policy(folder, **get_policy_class(name).load_options(spec, config.device))
+
+    teacher = load("teacher", config.teacher) if config.teacher else None
     demos = load_demos(config.demos) if config.demos else None
-    loaded = load_policy(config.init) if config.init else None
+    loaded = load("init", config.init) if config.init else None
     reads, side = planned_observations(config, loaded, teacher)
     obs_mode = observation_mode(reads)
     env = make_env(config, obs_mode, side)
     try:
-        policy = prepare_pi0(config, env, updater, get_spec(config.task).instruction, loaded)
+        policy = prepare_pi0(config, env, updater, spec.instruction, loaded)
         print(f"[train] {updater.name} on {config.task}: {policy.name} "
               f"({sum(p.numel() for p in policy.parameters()):,} parameters), {config.iterations} iterations, "
               f"{config.num_envs} env(s), observations: {obs_mode}", flush=True)

@@ -292,6 +292,14 @@ class OpenVLAPolicy(Policy):
         policy = cls.tiny(norm_stats=stats, unnorm_key="task", seed=seed)
         return policy.with_value_head(seed) if value_head else policy
 
+    @classmethod
+    def load_options(cls, task: Any, device: str) -> dict[str, Any]:
+        """The task's action dataset (``bridge_orig`` on the Bridge scenes) as ``unnorm_key``; on a GPU, the
+        weights straight onto it in bf16 (a 7B model never passes through the CPU in float32)."""
+        on_gpu = torch.device(device).type == "cuda"
+        return {"unnorm_key": getattr(task, "action_dataset", None), "device": device,
+                **({"torch_dtype": torch.bfloat16} if on_gpu else {})}
+
     def env_actions(self, actions: Any) -> Any:
         """With ``bridge_orig`` statistics, SimplerEnv's post-processing (roll/pitch/yaw to axis-angle, gripper
         ``2 * (g > 0.5) - 1``; ``vla_cl.envs.postprocess``), chosen by the checkpoint's statistics, never by
