@@ -597,3 +597,18 @@ def test_quick_benchmark_prints_its_table(capsys):
     rows = [line for line in rollout.splitlines()[3:] if line.startswith("| ")]
     assert sorted(row.split("|")[1].split()[0].rstrip(",") for row in rows) == list_policies()
     assert "openvla (tiny)" in rollout
+
+
+def test_a_policy_that_cannot_grow_a_value_head_says_so():
+    """PPO needs a value head; a policy whose config has no value_head switch is refused with the fix."""
+    from vla_cl.policies.state_policy import StateTokenPolicy
+
+    class Headless(StateTokenPolicy):
+        def config_dict(self):
+            config = super().config_dict()
+            config.pop("value_head")
+            return config
+
+    policy = Headless(ActionTokenizer(256, 256), state_dim=3, instructions=["push"], hidden=[8])
+    with pytest.raises(ValueError, match="cannot be given a value head.*reinforce"):
+        policy.with_value_head(seed=0)
