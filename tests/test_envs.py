@@ -378,9 +378,10 @@ def test_render_command_writes_playable_captioned_videos(tmp_path, needs_sim):
     with imageio.get_reader(str(video)) as reader:
         frames = [frame for frame in reader]  # (list() would ask the reader for its length: infinite)
     assert len(frames) == record["frames"] == record["length"] + 1 and record["success"]
-    assert frames[0].shape == (96, 96, 3) and not frame_is_blank(frames[-1])
+    # captions sit in bands above and below the scene: the width is the render's, the height grows
+    assert frames[0].shape[1] == 96 and frames[0].shape[0] > 96 and not frame_is_blank(frames[-1])
     sheet = imageio.imread(out / "artifacts" / "episode_0_seed0.png")
-    assert sheet.shape == (96, 4 * 96, 3)
+    assert sheet.shape[1] == 4 * 96 and sheet.shape[0] > 96  # one row of four tiles under a header
 
 
 def test_captions_and_contact_sheet():
@@ -388,9 +389,10 @@ def test_captions_and_contact_sheet():
 
     frame = np.full((128, 128, 3), 120, np.uint8)
     captioned = annotate(frame, "push the blue cube forward onto the target", 7, np.arange(7) / 10, True)
-    assert captioned.shape == frame.shape and not np.array_equal(captioned, frame)
-    assert np.array_equal(captioned[60:70], frame[60:70])  # the middle of the scene stays visible
-    assert (captioned[-6:] != frame[-6:]).any() and (captioned[:10] != frame[:10]).any()
+    assert captioned.shape[1] == 128 and captioned.shape[0] > 128
+    # the whole scene appears, untouched, between the caption bands
+    rows = [top for top in range(captioned.shape[0] - 127) if np.array_equal(captioned[top:top + 128], frame)]
+    assert rows and rows[0] > 0 and rows[0] + 128 < captioned.shape[0]
     frames = [np.full((8, 8, 3), i, np.uint8) for i in range(10)]
     sheet = contact_sheet(frames, count=5, columns=3)
     assert sheet.shape == (16, 24, 3)

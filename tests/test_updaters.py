@@ -521,8 +521,7 @@ def test_openvla_resumes_exactly_and_saves_only_its_adapters(name, tmp_path, dem
 
     crashed = [a if not a.startswith("out_dir=") else f"out_dir={tmp_path / 'crashed'}" for a in args]
     monkeypatch.setattr(loop, "optimise", optimise_then_crash)
-    with pytest.raises(Crash):
-        cli(crashed)
+    assert cli(crashed) == 1  # a crash: the CLI prints its traceback and exits 1
     monkeypatch.undo()
     assert cli(crashed) == 0
     assert metrics(tmp_path / "crashed") == metrics(tmp_path / "whole")
@@ -563,14 +562,13 @@ def test_a_crashed_run_resumes_to_the_same_metrics_and_weights(name, tmp_path, d
         return result
 
     monkeypatch.setattr(loop, "optimise", optimise_then_crash)
-    with pytest.raises(Crash):
-        cli(resume_args(name, out, demos_dir))
+    assert cli(resume_args(name, out, demos_dir)) == 1  # a crash: the CLI prints its traceback and exits 1
     monkeypatch.undo()
     assert [line["iteration"] for line in metrics(out)] == [0, 1, 2]
 
     # 2) crash while saving the checkpoint after iteration 3 (folder written, ``latest`` not yet moved),
     #    after that iteration's metrics line was written
-    real_write, writes = ckpt._write_text_atomic, []
+    real_write, writes = ckpt.write_text_atomic, []
 
     def write_then_crash(path, text):
         writes.append(text)
@@ -578,9 +576,8 @@ def test_a_crashed_run_resumes_to_the_same_metrics_and_weights(name, tmp_path, d
             raise Crash
         real_write(path, text)
 
-    monkeypatch.setattr(ckpt, "_write_text_atomic", write_then_crash)
-    with pytest.raises(Crash):
-        cli(resume_args(name, out, demos_dir))
+    monkeypatch.setattr(ckpt, "write_text_atomic", write_then_crash)
+    assert cli(resume_args(name, out, demos_dir)) == 1  # a crash: the CLI prints its traceback and exits 1
     monkeypatch.undo()
     assert metrics(out)[-1]["iteration"] == 3
     assert (out / "artifacts" / "checkpoints" / "latest").read_text() == "iter-000002"
@@ -590,7 +587,9 @@ def test_a_crashed_run_resumes_to_the_same_metrics_and_weights(name, tmp_path, d
     assert metrics(out) == metrics(whole)
     assert same_weights(final_weights(out), final_weights(whole))
     assert json.loads((out / "summary.json").read_text())["resumed_from"] == 2
-    assert sorted(p.name for p in (out / "artifacts" / "checkpoints").iterdir()) == ["iter-000004", "latest"]
+    # the two newest checkpoints are kept (keep_checkpoints=2), nothing a killed save left behind
+    assert sorted(p.name for p in (out / "artifacts" / "checkpoints").iterdir()) == ["iter-000003", "iter-000004",
+                                                                                     "latest"]
 
 
 KILLABLE = """
@@ -668,8 +667,7 @@ def test_training_and_exact_resume_through_the_simulator(tmp_path, needs_sim, mo
         return real_optimise(*args, **kwargs)
 
     monkeypatch.setattr(loop, "optimise", optimise_then_crash)
-    with pytest.raises(Crash):
-        cli([*rl, f"out_dir={tmp_path / 'resumed'}"])
+    assert cli([*rl, f"out_dir={tmp_path / 'resumed'}"]) == 1  # a crash: the CLI prints its traceback and exits 1
     monkeypatch.undo()
     assert cli([*rl, f"out_dir={tmp_path / 'resumed'}"]) == 0
     whole = metrics(tmp_path / "whole")
@@ -717,3 +715,76 @@ def test_soft_label_sft_and_training_on_demonstrations_without_an_env(demos_dir,
     bad.meta = {**bad.meta, "state_dim": bad.meta["state_dim"] + 1}
     with pytest.raises(ValueError, match="state_dim differ"):
         merge_demos([one, bad])
+
+
+# ------------------------------------------------------------------------------------------ trust
+
+
+def test_an_unreadable_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, demos_dir, capsys, monkeypatch):
+    """Two checkpoints are kept; truncating the newest one's weights (or its training state, or `latest`)
+    makes the resume say so and continue from the one before, to the uninterrupted result."""
+    from vla_cl.updaters import loop
+
+    whole = tmp_path / "whole"
+    assert cli(resume_args("ppo", whole, demos_dir)) == 0
+    real_optimise = loop.optimise
+    for damage in ("weights", "state", "latest"):
+        out = tmp_path / damage
+        calls = []
+
+        def crash_in_iteration_4(*a, **k):
+            calls.append(1)
+            if len(calls) == 4:
+                raise Crash
+            return real_optimise(*a, **k)
+
+        monkeypatch.setattr(loop, "optimise", crash_in_iteration_4)
+        assert cli(resume_args("ppo", out, demos_dir)) == 1
+        monkeypatch.undo()
+        root = out / "artifacts" / "checkpoints"
+        assert sorted(p.name for p in root.iterdir()) == ["iter-000002", "iter-000003", "latest"]
+        target = {"weights": root / "iter-000003" / "policy" / "model.safetensors",
+                  "state": root / "iter-000003" / "training_state.safetensors", "latest": root / "latest"}[damage]
+        target.write_bytes(target.read_bytes()[: len(target.read_bytes()) // 2])
+        capsys.readouterr()
+        resumed = [a if not a.startswith("out_dir=") else f"out_dir={out}" for a in resume_args("ppo", out, demos_dir)]
+        assert cli(resumed) == 0
+        if damage != "latest":  # a damaged pointer is simply ignored: the newest complete checkpoint is used
+            assert "unreadable" in capsys.readouterr().out
+        assert metrics(out) == metrics(whole)
+        assert same_weights(final_weights(out), final_weights(whole))
+
+
+def test_a_diverging_run_stops_naming_the_iteration_and_keeps_its_last_good_checkpoint(tmp_path, demos_dir,
+                                                                                      monkeypatch, capsys):
+    from vla_cl.updaters import rl
+
+    out = tmp_path / "run"
+    real = rl.PPO.objective
+
+    def poisoned(self, policy, batch, logits):  # the loss turns NaN in iteration 3, as an lr too high would
+        terms = real(self, policy, batch, logits)
+        if poisoned.calls >= 2 * 2 * 4:  # two iterations of minibatches x epochs
+            terms["loss"] = terms["loss"] * float("nan")
+        poisoned.calls += 1
+        return terms
+
+    poisoned.calls = 0
+    monkeypatch.setattr(rl.PPO, "objective", poisoned)
+    assert cli(resume_args("ppo", out, demos_dir)) == 2
+    err = capsys.readouterr().err
+    assert "diverged in iteration 3" in err and "updater.lr" in err and "Traceback" not in err
+    assert (out / "artifacts" / "checkpoints" / "latest").read_text() == "iter-000002"
+    assert [line["iteration"] for line in metrics(out)] == [0, 1, 2]
+    from safetensors.torch import load_file
+
+    weights = load_file(str(out / "artifacts" / "checkpoints" / "iter-000002" / "policy" / "model.safetensors"))
+    assert all(bool(torch.isfinite(t).all()) for t in weights.values())
+
+
+def test_execution_only_settings_never_block_a_resume(tmp_path, demos_dir):
+    out = tmp_path / "run"
+    first = [a for a in resume_args("sft", out, demos_dir) if a != "iterations=4"] + ["iterations=2"]
+    assert cli(first) == 0
+    again = [a for a in first if a not in ("progress=false",) and not a.startswith("iterations=")]
+    assert cli([*again, "iterations=2", "progress=true", "tensorboard=false", "device=cpu"]) == 0

@@ -53,3 +53,11 @@ class RunConfig:
         None, "run directory; None means runs/<command>/<timestamp>", affects_results=False
     )
     seed: int = option(0, "random seed for everything the run draws")
+
+    def __post_init__(self) -> None:
+        self.check_run_fields()
+
+    def check_run_fields(self) -> None:
+        """Validate the fields above. ``vla_cl.cli.compose`` calls this on every command's config, since a
+        subclass's ``__post_init__`` need not chain to this one."""
+        require(self.seed >= 0, "seed", self.seed, "an integer >= 0")

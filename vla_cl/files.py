@@ -64,3 +64,28 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
 
 def write_json_atomic(path: str | Path, payload: Any, **dumps: Any) -> Path:
     return write_text_atomic(path, json.dumps(payload, **{"indent": 2, **dumps}))
+
+
+TEMPORARY_SUFFIXES = (".tmp", ".saving", ".replaced")
+
+
+def remove_stale_temporaries(folder: str | Path, skip: Any = None) -> list[Path]:
+    """Delete the hidden temporary files and folders a killed writer left under ``folder`` (names starting
+    with a dot and ending in ``.tmp``, ``.saving`` or ``.replaced``, and the checkpoint staging folders
+    ``.iter-*``). Call it only while holding the folder's run lock, when no writer of this run is alive;
+    ``skip(path)`` True leaves a sub-folder alone (another live run's). Returns what was removed."""
+    import shutil
+
+    removed: list[Path] = []
+    folder = Path(folder)
+    if not folder.is_dir():
+        return removed
+    for entry in list(folder.iterdir()):
+        name = entry.name
+        stale = name.startswith(".") and (name.endswith(TEMPORARY_SUFFIXES) or name.startswith(".iter-"))
+        if stale:
+            shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
+            removed.append(entry)
+        elif entry.is_dir() and not entry.is_symlink() and not (skip is not None and skip(entry)):
+            removed += remove_stale_temporaries(entry, skip)
+    return removed

@@ -8,12 +8,16 @@ Each subcommand's dataclass is registered in hydra's ConfigStore as ``<command>_
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
+import types
 import typing
 from pathlib import Path
 from typing import Any
 
 from omegaconf import OmegaConf
+
+from vla_cl.config import RunConfig
 
 
 class ConfigError(ValueError):
@@ -140,12 +144,65 @@ def compose(command: str, cls: type, overrides: list[str]) -> Any:
         else:
             # No YAML for this command: the dataclass is the whole config.
             cfg = OmegaConf.merge(OmegaConf.structured(cls), OmegaConf.from_dotlist(overrides))
-        return OmegaConf.to_object(cfg)
+        _check_finite(command, OmegaConf.to_container(cfg, resolve=True))
+        config = OmegaConf.to_object(cfg)
     except (HydraException, OmegaConfBaseException) as exc:
-        message = str(exc).strip().splitlines()
-        raise ConfigError(f"invalid config for '{command}': {' '.join(message[:4])}") from exc
+        raise ConfigError(_composition_message(command, cls, exc)) from exc
     finally:
         GlobalHydra.instance().clear()
+    if isinstance(config, RunConfig):
+        config.check_run_fields()  # also for subclasses whose __post_init__ does not chain to RunConfig's
+    return config
+
+
+def _check_finite(command: str, node: Any, key: str = "") -> None:
+    """Refuse inf and nan anywhere in the composed config (nested configs and lists too): no setting of this
+    project means anything at infinity, and a nan compares False with every bound ``__post_init__`` checks."""
+    if isinstance(node, float) and not math.isfinite(node):
+        raise ConfigError(f"invalid value for {key}: {node} ('{command}' takes finite numbers only, not inf "
+                          "or nan)")
+    children = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    for name, child in children:
+        child_key = f"{key}[{name}]" if isinstance(node, list) else f"{key}.{name}".lstrip(".")
+        _check_finite(command, child, child_key)
+
+
+def _composition_message(command: str, cls: type, exc: BaseException) -> str:
+    """Name the key, the value given and the type expected when a value does not fit its field (hydra
+    itself only says "Error merging override"); otherwise hydra's own message, with its cause."""
+    from omegaconf.errors import OmegaConfBaseException
+
+    causes, cause = [], exc
+    while cause is not None and cause not in causes:
+        causes.append(cause)
+        cause = cause.__cause__ or cause.__context__
+    for cause in causes:
+        key = getattr(cause, "full_key", None)
+        if isinstance(cause, OmegaConfBaseException) and key and getattr(cause, "value", None) is not None:
+            expected = _expected_type(cls, key)
+            if expected:
+                return f"invalid value for {key}: {cause.value!r} is not {expected}"
+    parts = [" ".join(line.strip() for line in str(exc).strip().splitlines()[:4])]
+    for cause in causes[1:]:  # hydra's message may only say which override; its causes say what is wrong
+        first = (str(cause).strip().splitlines() or [""])[0]
+        if first and first != "None" and first not in parts[0]:
+            parts.append(first)
+    return f"invalid config for '{command}': {'; '.join(dict.fromkeys(parts))}"
+
+
+def _expected_type(cls: type, key: str) -> str | None:
+    """The declared type of dotted ``key`` in config dataclass ``cls``, in words (``an int``, ``a float or
+    None``); None when ``key`` names no field."""
+    tp: Any = cls
+    for part in key.split("."):
+        nested = _nested_dataclass(tp)
+        if nested is None or part not in (fields := _field_types(nested)):
+            return None
+        tp = fields[part]
+    args = typing.get_args(tp) if typing.get_origin(tp) in (typing.Union, types.UnionType) else (tp,)
+    names = [getattr(a, "__name__", str(a).replace("typing.", "")) for a in args if a is not type(None)]
+    words = " or ".join(("an " if name[0] in "aeiou" else "a ") + name for name in names)
+    return words + (" or None" if type(None) in args else "")
 
 
 def describe(cls: type, prefix: str = "") -> list[tuple[str, str, str]]:

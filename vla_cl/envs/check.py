@@ -26,6 +26,24 @@ class SimCheckConfig(RunConfig):
         require(self.steps >= 1, "steps", self.steps, "an integer >= 1")
         require(16 <= self.image_size <= 1024, "image_size", self.image_size, "16..1024")
         require(1 <= self.frames <= self.steps + 1, "frames", self.frames, f"1..steps+1 ({self.steps + 1})")
+        check_env_id(self.env_id)
+
+
+def check_env_id(env_id: str) -> None:
+    """Raise ValueError unless ManiSkill3 registers ``env_id`` (importing its registry takes seconds, but
+    creates no env), naming the close matches and every valid id."""
+    import difflib
+
+    from vla_cl.envs.maniskill import import_maniskill
+
+    import_maniskill()
+    from mani_skill.utils.registration import REGISTERED_ENVS
+
+    if env_id not in REGISTERED_ENVS:
+        valid = sorted(REGISTERED_ENVS)
+        close = difflib.get_close_matches(env_id, valid, n=3)
+        hint = f" Did you mean {' or '.join(close)}?" if close else ""
+        require(False, "env_id", env_id, f"a ManiSkill3 task id.{hint} Valid ids: {', '.join(valid)}")
 
 
 def frame_is_blank(frame: np.ndarray, min_std: float = 2.0) -> bool:

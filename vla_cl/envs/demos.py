@@ -21,6 +21,12 @@ percentiles of the recorded actions), ``env_options``, ``episode_seeds``, ``epis
 
 :func:`load_demos` reads and validates a folder (or a ``vla-cl demos`` run directory); ``vla-cl demos``
 writes one (:func:`run`).
+
+A folder holds a complete set or none: both files are written atomically (``vla_cl.files``), the arrays
+first and ``demos.json`` last, after removing the old ``demos.json``, so ``demos.json`` beside
+``demos.safetensors`` marks a finished set. ``vla-cl demos`` run again on a folder with a complete set
+reuses it (no simulation, no new metrics); on a folder without one (an interrupted collection) it drops
+that collection's metrics lines and starts over.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ import numpy as np
 
 from vla_cl.config import RunConfig, option, require, require_choice
 from vla_cl.envs.registry import OBS_MODES, get_spec
+from vla_cl.files import atomic_path, write_json_atomic, write_text_atomic
 
 FORMAT_VERSION = 1
 ARRAYS_FILE = "demos.safetensors"
@@ -98,18 +105,18 @@ def collect_demos(task_id: str, n_episodes: int, *, seed: int = 0, obs_mode: str
         while len(kept_seeds) < n_episodes and attempts < max_attempts:
             episode_rows: dict[str, list] = {name: [] for name in rows}
             (episode,) = rollout(policy, env, 1, seed=seed + attempts, on_step=recorder(episode_rows))
+            attempt = attempts
             attempts += 1
             successes += episode.success
-            if only_success and not episode.success:
-                continue
-            episode_rows["episode_index"] = [len(kept_seeds)] * episode.length
-            for name, values in episode_rows.items():
-                rows[name].extend(values)
-            kept_seeds.append(episode.seed)
-            kept_lengths.append(episode.length)
-            instructions.append(episode.instruction)
-            if log is not None:
-                log(episode=episode.index, seed=episode.seed, success=episode.success, length=episode.length,
+            if episode.success or not only_success:
+                episode_rows["episode_index"] = [len(kept_seeds)] * episode.length
+                for name, values in episode_rows.items():
+                    rows[name].extend(values)
+                kept_seeds.append(episode.seed)
+                kept_lengths.append(episode.length)
+                instructions.append(episode.instruction)
+            if log is not None:  # one line per attempt (each rollout's own index is always 0)
+                log(episode=attempt, seed=episode.seed, success=episode.success, length=episode.length,
                     kept=len(kept_seeds))
         state_dim = env.observation_space["state"].shape[0] if "state" in env.observation_space.spaces else 0
         action_stats = env.action_stats
@@ -183,13 +190,23 @@ def merge_demos(sets: list[Demos]) -> Demos:
 
 
 def save_demos(demos: Demos, folder: str | Path) -> Path:
+    """Write the set atomically: the old ``demos.json`` goes first and the new one is written last, so that
+    at every moment the folder holds a complete set (both files, matching) or no ``demos.json``."""
     from safetensors.numpy import save_file
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    save_file({name: np.ascontiguousarray(values) for name, values in demos.arrays.items()}, str(folder / ARRAYS_FILE))
-    (folder / META_FILE).write_text(json.dumps(demos.meta, indent=2))
+    (folder / META_FILE).unlink(missing_ok=True)
+    with atomic_path(folder / ARRAYS_FILE) as tmp:
+        save_file({name: np.ascontiguousarray(values) for name, values in demos.arrays.items()}, str(tmp))
+    write_json_atomic(folder / META_FILE, demos.meta)
     return folder
+
+
+def is_complete(folder: str | Path) -> bool:
+    """Whether ``folder`` holds a finished set (see :func:`save_demos` for why ``demos.json`` says so)."""
+    folder = Path(folder)
+    return (folder / META_FILE).is_file() and (folder / ARRAYS_FILE).is_file()
 
 
 def _demos_folder(path: Path) -> Path:
@@ -202,6 +219,7 @@ def _demos_folder(path: Path) -> Path:
 
 def load_demos(path: str | Path) -> Demos:
     """Read and validate a demonstration folder (see the module docstring for the format)."""
+    from safetensors import SafetensorError
     from safetensors.numpy import load_file
 
     given = Path(path)
@@ -212,11 +230,18 @@ def load_demos(path: str | Path) -> Demos:
     if missing:
         raise ValueError(f"{folder} is not a demos folder: missing {', '.join(missing)} "
                          f"(expected {META_FILE} and {ARRAYS_FILE}, as `vla-cl demos` writes them)")
-    meta = json.loads((folder / META_FILE).read_text())
+    again = "record it again with `vla-cl demos` (a new out_dir, or delete the folder)"
+    try:
+        meta = json.loads((folder / META_FILE).read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{folder / META_FILE} is not valid JSON ({error}); {again}") from None
     if meta.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"{folder / META_FILE}: format_version {meta.get('format_version')!r}, "
                          f"this reader understands {FORMAT_VERSION}")
-    arrays = load_file(str(folder / ARRAYS_FILE))
+    try:
+        arrays = load_file(str(folder / ARRAYS_FILE))
+    except SafetensorError as error:  # a truncated or overwritten file: the header no longer matches the data
+        raise ValueError(f"{folder / ARRAYS_FILE} is damaged (truncated?): {error}; {again}") from None
     validate(arrays, meta, folder)
     return Demos(arrays, meta)
 
@@ -274,16 +299,66 @@ class DemosConfig(RunConfig):
         make_expert(self.task)  # names the tasks that have experts
 
 
+def drop_collection_metrics(metrics_path: Path) -> int:
+    """Rewrite ``metrics.jsonl`` (atomically) without the lines of an unfinished collection: its attempt
+    lines (those with an ``episode`` field) and any half-written line; returns how many were dropped.
+
+    The attempt lines are logged as the collection goes, so that a long one can be watched; only a saved
+    set makes them final, which is why a folder without one has them dropped before starting over.
+    """
+    if not metrics_path.exists():
+        return 0
+    kept, dropped = [], 0
+    for line in metrics_path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:  # half a line from a killed write
+            dropped += 1
+            continue
+        if isinstance(record, dict) and "episode" in record:
+            dropped += 1
+        else:
+            kept.append(line)
+    if dropped:
+        write_text_atomic(metrics_path, "".join(line + "\n" for line in kept))
+    return dropped
+
+
+def remove_stale_temporaries(folder: Path) -> None:
+    """Temporary files of a killed write (``vla_cl.files.atomic_path`` names them ``.<name>.<pid>.tmp``)."""
+    for name in (ARRAYS_FILE, META_FILE):
+        for stale in folder.glob(f".{name}.*.tmp"):
+            stale.unlink(missing_ok=True)
+
+
 def run(config: DemosConfig, run_dir) -> int:
+    folder = run_dir.artifacts
+    if is_complete(folder):
+        meta = json.loads((folder / META_FILE).read_text())
+        counts = meta["counts"]
+        print(f"[demos] reused the complete set in {folder} ({counts['episodes']} episodes, {counts['steps']} "
+              f"steps of {counts['attempts']} attempts); nothing simulated. Delete it to record again.")
+        if not (run_dir.path / "summary.json").exists():  # killed between saving the set and its summary
+            write_json_atomic(run_dir.path / "summary.json", summary_of(config, meta, folder, seconds=None))
+        return 0 if counts["episodes"] == config.n else 1
+    dropped = drop_collection_metrics(run_dir.metrics_path)
+    if dropped:
+        print(f"[demos] {folder} holds no complete set: dropped {dropped} metrics lines of an interrupted "
+              "collection and started over")
+    remove_stale_temporaries(folder)
     start = time.perf_counter()
     demos = collect_demos(config.task, config.n, seed=config.seed, obs_mode=config.obs_mode,
                           image_size=config.image_size, only_success=config.only_success,
                           max_attempts=config.max_attempts, log=run_dir.log)
-    folder = save_demos(demos, run_dir.artifacts)
+    save_demos(demos, folder)
     counts = demos.meta["counts"]
-    summary = {"task": config.task, **counts, "success_rate": demos.meta["success_rate"],
-               "seconds": round(time.perf_counter() - start, 2), "folder": str(folder)}
-    run_dir.write_json("summary.json", summary)
+    write_json_atomic(run_dir.path / "summary.json",
+                      summary_of(config, demos.meta, folder, seconds=round(time.perf_counter() - start, 2)))
     print(f"[demos] {config.task}: kept {counts['episodes']} episodes ({counts['steps']} steps) of "
           f"{counts['attempts']} attempts, expert success {demos.meta['success_rate']:.0%}, in {folder}")
     return 0 if counts["episodes"] == config.n else 1
+
+
+def summary_of(config: DemosConfig, meta: dict[str, Any], folder: Path, seconds: float | None) -> dict[str, Any]:
+    return {"task": config.task, **meta["counts"], "success_rate": meta["success_rate"], "seconds": seconds,
+            "folder": str(folder)}

@@ -27,7 +27,7 @@ _EXPORTS = {
     "read_result": "vla_cl.evaluation.results",
 }
 
-__all__ = list(_EXPORTS)  # noqa: PLE0605
+__all__ = list(_EXPORTS)
 
 
 def __getattr__(name: str) -> Any:

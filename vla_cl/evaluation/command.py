@@ -55,10 +55,13 @@ class EvalConfig(RunConfig):
 def run(config: EvalConfig, run_dir: RunDir) -> int:
     from vla_cl.evaluation.results import read_result
     from vla_cl.evaluation.retention import markdown, retention
-    from vla_cl.evaluation.runner import evaluate
+    from vla_cl.evaluation.runner import check_policy, evaluate, resolve_policy
     from vla_cl.files import write_json_atomic, write_text_atomic
 
     suite = config.suite_config()
+    policy, info = resolve_policy(config.policy)
+    check_policy(policy, info, suite)  # before the run folder is written
+    run_dir.begin()
     result = evaluate(config.policy, suite, out_dir=run_dir.path, workers=config.workers, progress=config.progress)
     for cell in result.cells.values():
         run_dir.log(event="cell", **cell.summary())

@@ -124,9 +124,9 @@ def _train_stage(config: Any) -> Path:
     """Run (or resume) one `vla-cl train` stage; returns its final policy folder."""
     from vla_cl.cli.registry import COMMANDS
 
-    stage_dir = RunDir.open(config.out_dir, "train", config)
-    COMMANDS["train"].load_run()(config, stage_dir)
-    return stage_dir.artifacts / "policy"
+    with RunDir.open(config.out_dir, "train", config) as stage_dir:
+        COMMANDS["train"].load_run()(config, stage_dir)
+    return stage_dir.path / "artifacts" / "policy"
 
 
 def during_curve(stage_dir: Path) -> list[float]:
@@ -183,6 +183,7 @@ def run(config: ContinualConfig, run_dir: RunDir) -> int:
     from vla_cl.updaters.pretrain import expert_demos, task_slug
 
     suite = config.suite_config()
+    run_dir.begin()  # the stages write into sub-folders: the run has started
     demos: dict[str, Path] = {}
     if _source(config.updater) == "demos":
         root = run_dir.artifacts / "demos"

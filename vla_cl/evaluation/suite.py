@@ -187,7 +187,7 @@ def load_suite(name_or_path: str | Path, **overrides: Any) -> SuiteConfig:
     except yaml.YAMLError as error:
         raise ValueError(f"invalid value for suite: {path} is not valid YAML ({error})") from None
     if not isinstance(data, dict):
-        raise ValueError(f"invalid value for suite: {path} must hold a mapping of suite fields")
+        raise ValueError(f"invalid value for suite: {path} must hold a mapping of suite fields")  # noqa: TRY004 (a malformed suite file, not a caller type error)
     known = {f.name for f in dataclasses.fields(SuiteConfig)}
     unknown = sorted(set(data) - known)
     require(not unknown, f"suite {path.name}", unknown, f"suite fields: {', '.join(sorted(known))}")

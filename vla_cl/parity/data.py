@@ -30,6 +30,7 @@ from typing import ClassVar
 import numpy as np
 
 from vla_cl.config import option, require, require_choice
+from vla_cl.files import atomic_path, write_bytes_atomic
 
 OLD_TASKS = ("animal_mnist", "fashion_mnist")
 PARITY_FLAG, OLD_FLAG = 1.0, -1.0
@@ -137,11 +138,8 @@ def cache_root(config: DataConfig) -> Path:
 
 
 def _save_npz_atomically(path: Path, **arrays: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
         np.savez_compressed(fh, **arrays)
-    os.replace(tmp, path)
 
 
 def _cached(path: Path, build) -> tuple[np.ndarray, np.ndarray]:
@@ -247,17 +245,14 @@ def _fashion_mnist(config: DataConfig, root: Path) -> tuple[np.ndarray, np.ndarr
         )
     for name in missing:
         folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / f".{name}.{os.getpid()}.tmp"
         try:
-            with urllib.request.urlopen(FASHION_URL + name, timeout=30) as response, open(tmp, "wb") as fh:
-                fh.write(response.read())
+            with urllib.request.urlopen(FASHION_URL + name, timeout=30) as response:
+                write_bytes_atomic(folder / name, response.read())
         except OSError as exc:
-            tmp.unlink(missing_ok=True)
             raise FileNotFoundError(
                 f"could not download FashionMNIST ({FASHION_URL + name}: {exc}). Offline, download the four idx "
                 "files elsewhere and pass data.fashion_mnist_dir=FOLDER, or use data.old_task=animal_mnist"
             ) from exc
-        os.replace(tmp, folder / name)
     return _read_idx_pairs(folder, "FashionMNIST cache")
 
 

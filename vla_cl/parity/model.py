@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from vla_cl.files import atomic_path, write_json_atomic
 from vla_cl.tokenizer import ActionTokenizer
 
 N_LABELS = 10
@@ -53,9 +54,8 @@ def save_checkpoint(model: ParityMLP, path: Path, metadata: dict[str, Any] | Non
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     weights = {name: t.detach().contiguous() for name, t in model.state_dict().items()}
-    tmp = path.with_name(path.name + ".tmp.safetensors")
-    save_file(weights, str(tmp))
-    tmp.replace(path.with_suffix(".safetensors"))
+    with atomic_path(path.with_suffix(".safetensors")) as tmp:
+        save_file(weights, str(tmp))
     info = {
         "architecture": "ParityMLP",
         "config": model.config,
@@ -63,9 +63,7 @@ def save_checkpoint(model: ParityMLP, path: Path, metadata: dict[str, Any] | Non
         "metadata": metadata or {},
     }
     # The JSON goes last and by rename: its presence marks a complete checkpoint (see checkpoint_exists).
-    tmp_info = path.with_name(path.name + ".tmp.json")
-    tmp_info.write_text(json.dumps(info, indent=2))
-    tmp_info.replace(path.with_suffix(".json"))
+    write_json_atomic(path.with_suffix(".json"), info)
 
 
 def load_checkpoint(path: Path) -> tuple[ParityMLP, dict[str, Any]]:

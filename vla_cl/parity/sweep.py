@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from vla_cl.config import option, require
+from vla_cl.files import atomic_path, write_json_atomic
 from vla_cl.parity.data import DataConfig, ParityData, make_splits
 from vla_cl.parity.evaluate import Reference, accuracies, build_reference, fisher_of
 from vla_cl.parity.methods import METHODS
@@ -131,10 +132,7 @@ def available_cpus() -> int:
 
 
 def write_json_atomically(path: Path, payload: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(payload, indent=1))
-    os.replace(tmp, path)
+    write_json_atomic(path, payload, indent=1)
 
 
 def read_result(path: Path) -> dict | None:
@@ -179,7 +177,8 @@ def prepare(
         fisher = load_file(str(fisher_path))
     else:
         fisher = fisher_of(pi0, data, torch.Generator().manual_seed(seed))
-        save_file({name: f.contiguous() for name, f in fisher.items()}, str(fisher_path))
+        with atomic_path(fisher_path) as tmp:  # a kill mid-write must not leave a file later runs trust
+            save_file({name: f.contiguous() for name, f in fisher.items()}, str(tmp))
     reference = build_reference(pi0, data, fisher)
     pi0_metrics = accuracies(
         reference.new_logits, reference.new_digits, reference.old_logits, reference.old_labels

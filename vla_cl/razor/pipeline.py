@@ -44,6 +44,7 @@ class Stages:
         self.run_dir, self.timings = run_dir, []
 
     def __call__(self, name: str, what: str, fn: Callable[[Path], Any]) -> Any:
+        self.run_dir.begin()  # the stages write into sub-folders: the run has started
         folder = self.run_dir.path / name
         marker = folder / STAGE_FILE
         index = len(self.timings) + 1
@@ -100,7 +101,8 @@ def stage_info(folder: Path) -> dict:
 def stage_mechanism(config: RazorConfig, folder: Path) -> dict:
     cfg, run_dir, run = _subcommand(folder, "parity", [f"preset={config.parity_preset}", f"seed={config.seed}",
                                                        f"sweep.workers={config.parity_workers}"])
-    status = run(cfg, run_dir)
+    with run_dir:
+        status = run(cfg, run_dir)
     summary = json.loads((folder / "summary.json").read_text())
     r2 = summary.get("r2", {}).get("forward_kl_new")
     log(f"[razor]   ParityMNIST R^2 of the forward KL on the new task: {r2}")
@@ -127,7 +129,8 @@ def stage_pi0(config: RazorConfig, folder: Path, workers: int) -> dict:
     pre = PretrainConfig(tasks=list(config.prior_tasks), demos=config.demos, epochs=config.pi0_epochs,
                          lr=config.pi0_lr, label_sigma=config.label_sigma, seed=config.seed, workers=workers,
                          progress=config.progress, out_dir=str(folder))
-    policy_folder = pretrain(pre, RunDir.open(folder, "pretrain", pre))
+    with RunDir.open(folder, "pretrain", pre) as sub:
+        policy_folder = pretrain(pre, sub)
     pi0 = load_policy(policy_folder)
     new, source = get_spec(config.new_task).instruction, get_spec(config.init_from).instruction
     words = pi0.add_instruction(new, init_from=source)

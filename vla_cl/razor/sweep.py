@@ -39,9 +39,9 @@ def train_trial(overrides: list[str], out_dir: str) -> dict[str, Any]:
     torch.set_num_threads(1)
     spec = COMMANDS["train"]
     config = compose("train", spec.load_config_class(), [*overrides, f"out_dir={out_dir}"])
-    run_dir = RunDir.open(config.out_dir, "train", config)
     start = time.perf_counter()
-    spec.load_run()(config, run_dir)
+    with RunDir.open(config.out_dir, "train", config) as run_dir:
+        spec.load_run()(config, run_dir)
     summary = json.loads((Path(out_dir) / SUMMARY).read_text())
     return {"seconds": time.perf_counter() - start, **summary}
 

@@ -9,9 +9,11 @@ Layout under ``<run_dir>/artifacts/checkpoints/``::
     latest                           the name of the newest complete checkpoint folder
 
 A checkpoint is written into a hidden temporary folder, renamed into place, and only then does
-``latest`` (itself replaced atomically) point at it; older folders are removed last. A process killed at
-any moment therefore leaves ``latest`` naming a complete checkpoint (or no ``latest`` at all), and
-``load_checkpoint`` removes whatever a killed save left behind. Nothing is pickled: tensors go through
+``latest`` (itself replaced atomically) point at it; the newest ``keep`` (2) are kept and older ones removed
+last. A process killed at any moment therefore leaves ``latest`` naming a complete checkpoint (or no
+``latest`` at all), and ``load_checkpoint`` removes whatever a killed save left behind. A checkpoint that
+cannot be read (a damaged disk, a file truncated by hand, a missing ``latest``) is reported and the
+previous one is used instead. Nothing is pickled: tensors go through
 safetensors, everything else through JSON.
 
 ``truncate_metrics`` drops the metrics lines a killed run wrote after its last checkpoint, so that the
@@ -31,6 +33,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from vla_cl.files import write_json_atomic, write_text_atomic
+
 FORMAT = "vla_cl.training_state"
 FORMAT_VERSION = 1
 LATEST = "latest"
@@ -39,10 +43,6 @@ STATE_FILE = "training_state.json"
 POLICY_FOLDER = "policy"
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 # ------------------------------------------------------------------------------------------ state <-> files
@@ -111,8 +111,9 @@ def restore_rng(tensors: dict[str, torch.Tensor], scalars: dict[str, Any]) -> No
 
 
 def save_checkpoint(root: Path, iteration: int, policy: Any, optimizer: torch.optim.Optimizer,
-                    progress: dict[str, Any]) -> Path:
-    """Write the checkpoint after ``iteration`` (``progress``: JSON counters) and point ``latest`` at it."""
+                    progress: dict[str, Any], keep: int = 2) -> Path:
+    """Write the checkpoint after ``iteration`` (``progress``: JSON counters), point ``latest`` at it and
+    remove all but the ``keep`` newest."""
     from safetensors.torch import save_file
 
     root = Path(root)
@@ -125,35 +126,45 @@ def save_checkpoint(root: Path, iteration: int, policy: Any, optimizer: torch.op
     save_file({**optim_tensors, **rng_tensors}, str(tmp / TENSORS_FILE))
     record = {"format": FORMAT, "format_version": FORMAT_VERSION, "iteration": iteration, **progress,
               "optimizer": optim_scalars, "rng": rng_scalars}
-    (tmp / STATE_FILE).write_text(json.dumps(record))
+    write_json_atomic(tmp / STATE_FILE, record)
     final = root / name
     if final.exists():  # a killed save renamed it but never pointed ``latest`` at it
         shutil.rmtree(final)
     os.rename(tmp, final)
-    _write_text_atomic(root / LATEST, name)
-    _remove_others(root, keep=name)
+    write_text_atomic(root / LATEST, name)
+    _remove_others(root, keep=_saved(root)[:keep])
     return final
 
 
-def _remove_others(root: Path, keep: str | None) -> None:
+def _saved(root: Path) -> list[str]:
+    """Complete checkpoint folders, newest first (temporary folders of a killed save start with a dot)."""
+    return sorted((e.name for e in root.iterdir() if e.is_dir() and e.name.startswith("iter-")), reverse=True)
+
+
+def _remove_others(root: Path, keep: list[str]) -> None:
     for entry in root.iterdir():
-        if entry.name not in (keep, LATEST) and entry.is_dir():
+        if entry.name not in (*keep, LATEST) and entry.is_dir():
             shutil.rmtree(entry)
 
 
 def latest_checkpoint(root: Path) -> Path | None:
-    pointer = Path(root) / LATEST
-    if not pointer.is_file():
-        return None
-    folder = Path(root) / pointer.read_text().strip()
-    if not folder.is_dir():
-        raise ValueError(f"{pointer} names {folder.name}, which does not exist; delete {root} to start over")
-    return folder
+    """The folder ``latest`` names, or (when ``latest`` is missing or unreadable) the newest complete one."""
+    root = Path(root)
+    pointer = root / LATEST
+    try:
+        folder = root / pointer.read_text().strip()
+        if folder.is_dir() and folder.name.startswith("iter-"):
+            return folder
+    except (OSError, UnicodeDecodeError):
+        pass
+    saved = _saved(root) if root.is_dir() else []
+    return root / saved[0] if saved else None
 
 
 def load_checkpoint(root: Path, policy: Any, optimizer: torch.optim.Optimizer) -> dict[str, Any] | None:
     """Restore the newest checkpoint under ``root`` into ``policy`` (weights, in place) and ``optimizer``
     and the global RNGs; returns its JSON record, or None (after cleaning up) when there is none."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     from vla_cl.policies.checkpoint import load_checkpoint_into
@@ -161,18 +172,34 @@ def load_checkpoint(root: Path, policy: Any, optimizer: torch.optim.Optimizer) -
     root = Path(root)
     if not root.is_dir():
         return None
-    folder = latest_checkpoint(root)
-    _remove_others(root, keep=None if folder is None else folder.name)
-    if folder is None:
+    newest = latest_checkpoint(root)
+    saved = _saved(root)
+    _remove_others(root, keep=saved)  # what a killed save left half-written
+    if newest is None:
         return None
-    record = json.loads((folder / STATE_FILE).read_text())
-    if record.get("format") != FORMAT or record.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{folder / STATE_FILE} is not a {FORMAT} v{FORMAT_VERSION} file")
-    load_checkpoint_into(policy, folder / POLICY_FOLDER)  # validated (digest, names, shapes), copied in place
-    tensors = load_file(str(folder / TENSORS_FILE))
-    restore_optimizer(optimizer, tensors, record["optimizer"])
-    restore_rng(tensors, record["rng"])
-    return record
+    candidates = [newest.name, *[name for name in saved if name < newest.name]]
+    for i, name in enumerate(candidates):
+        folder = root / name
+        try:
+            record = json.loads((folder / STATE_FILE).read_text())
+            if record.get("format") != FORMAT or record.get("format_version") != FORMAT_VERSION:
+                raise ValueError(f"{folder / STATE_FILE} is not a {FORMAT} v{FORMAT_VERSION} file")
+            tensors = load_file(str(folder / TENSORS_FILE))
+            load_checkpoint_into(policy, folder / POLICY_FOLDER)  # validated (digest, names, shapes), in place
+        except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as error:
+            older = candidates[i + 1] if i + 1 < len(candidates) else None
+            print(f"[train] checkpoint {folder} is unreadable ({str(error).splitlines()[0]}); "
+                  + (f"falling back to {older}" if older else "no older checkpoint is left"), flush=True)
+            if older is None:
+                raise ValueError(f"no readable checkpoint in {root} (the newest, {candidates[0]}, and every older "
+                                 "one failed to load); delete the run folder to start over") from error
+            continue
+        restore_optimizer(optimizer, tensors, record["optimizer"])
+        restore_rng(tensors, record["rng"])
+        if i:  # later folders are unreadable: the run continues from this one and will overwrite them
+            write_text_atomic(root / LATEST, name)
+        return record
+    return None
 
 
 def truncate_metrics(path: Path, last_iteration: int) -> int:
@@ -193,5 +220,5 @@ def truncate_metrics(path: Path, last_iteration: int) -> int:
         else:
             dropped += 1
     if dropped:
-        _write_text_atomic(path, "".join(line + "\n" for line in kept))
+        write_text_atomic(path, "".join(line + "\n" for line in kept))
     return dropped

@@ -25,7 +25,7 @@ import torch
 
 from vla_cl.config import RunConfig, option, require, require_choice
 from vla_cl.runs import RunDir
-from vla_cl.updaters.loop import LoopConfig, derived_seed
+from vla_cl.updaters.loop import LoopConfig, check_device, derived_seed
 from vla_cl.updaters.registry import config_from_options, get_updater_class, options_dataclass
 
 UpdaterOptions = options_dataclass()
@@ -236,6 +236,7 @@ def make_env(config: TrainConfig, obs_mode: str, side: int):
 
 
 def run(config: TrainConfig, run_dir: RunDir) -> int:
+    check_device(config.device)  # before anything is loaded or written
     from vla_cl.envs import get_spec
     from vla_cl.envs.demos import load_demos
     from vla_cl.policies import get_policy_class, load_policy

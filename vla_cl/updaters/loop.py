@@ -39,6 +39,7 @@ import numpy as np
 import torch
 
 from vla_cl.config import option, require, require_choice
+from vla_cl.errors import TrainingDiverged
 from vla_cl.policies.base import ObsBatch, Policy
 from vla_cl.runs import RunDir
 from vla_cl.updaters import checkpoint as ckpt
@@ -65,24 +66,46 @@ class LoopConfig:
     probe_episodes: int = option(4, "pi0 episodes whose states form the KL probe set")
     probe_states: int = option(256, "at most this many probe states (evenly spaced over those episodes)")
     checkpoint_every: int = option(5, "save a resumable checkpoint every this many iterations (and at the end)")
+    keep_checkpoints: int = option(2, "checkpoints kept (the newest; a resume falls back to an older one when "
+                                   "the newest is unreadable)")
     snapshot_every: int = option(0, "also keep the policy alone every this many iterations, in "
                                  "artifacts/snapshots/iter-NNNNNN (0 = none): mid-training policies to evaluate")
     refresh_envs: bool = option(True, "rebuild the envs' scenes after each checkpoint (exact resume on ManiSkill)")
-    device: str = option("cpu", "torch device for the policy: cpu, cuda, cuda:1, ...")
-    progress: bool = option(True, "show a progress bar")
-    tensorboard: bool = option(True, "also write TensorBoard scalars to artifacts/tb")
+    device: str = option("cpu", "torch device for the policy: cpu, cuda, cuda:1, ...", affects_results=False)
+    progress: bool = option(True, "show a progress bar", affects_results=False)
+    tensorboard: bool = option(True, "also write TensorBoard scalars to artifacts/tb", affects_results=False)
 
     def __post_init__(self) -> None:
         require(self.iterations >= 1, "iterations", self.iterations, "an integer >= 1")
         require_choice("reward", self.reward, REWARDS)
         for name in ("eval_every", "probe_every", "checkpoint_every", "snapshot_every"):
             require(getattr(self, name) >= 0, name, getattr(self, name), "an integer >= 0 (0 = only at the end)")
-        for name in ("eval_episodes", "probe_episodes", "probe_states"):
+        for name in ("eval_episodes", "probe_episodes", "probe_states", "keep_checkpoints"):
             require(getattr(self, name) >= 1, name, getattr(self, name), "an integer >= 1")
         try:
             torch.device(self.device)
         except RuntimeError:
             require(False, "device", self.device, "a torch device string such as cpu or cuda:0")
+
+
+def check_device(device: str) -> None:
+    """Raise ValueError unless this machine has ``device``. Commands call it when they start, not
+    ``LoopConfig``: a config written for a GPU machine still composes (and shows in ``--help``) on any
+    other."""
+    wanted = torch.device(device)
+    if wanted.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device={device}: this machine has no usable CUDA GPU "
+                             "(torch.cuda.is_available() is False); pass device=cpu, or run on a machine with "
+                             "a GPU and a CUDA build of torch")
+        count = torch.cuda.device_count()
+        if wanted.index is not None and wanted.index >= count:
+            raise ValueError(f"device={device}: this machine has {count} CUDA device{'s' * (count != 1)} "
+                             f"(cuda:0..cuda:{count - 1}); pass device=cuda:0 or another index below "
+                             f"{count}")
+    elif wanted.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device={device}: this machine has no MPS device "
+                         "(torch.backends.mps.is_available() is False); pass device=cpu")
 
 
 def derived_seed(seed: int, stream: int, index: int = 0) -> int:
@@ -160,8 +183,11 @@ def train(
         data, data_metrics = collect(policy, updater, env, config, seed, iteration, stream, teacher, device)
         batch = updater.prepare(policy, data)
         rng = np.random.default_rng(derived_seed(seed, MINIBATCH, iteration))
-        losses, counters["step"] = optimise(policy, updater, batch, optimizer, counters["step"], total_steps, rng,
-                                            device)
+        try:
+            losses, counters["step"] = optimise(policy, updater, batch, optimizer, counters["step"], total_steps,
+                                                rng, device)
+        except NonFinite as problem:
+            raise TrainingDiverged(diverged_message(problem, iteration, updater, run_dir)) from None
         counters["samples"] += len(batch) * updater.config.update_epochs
         counters["episodes"] += data_metrics.pop("episodes", 0)
         counters["env_steps"] += data_metrics.pop("env_steps", 0)
@@ -181,7 +207,7 @@ def train(
                                    metadata={"updater": updater.name, "iteration": iteration, **counters})
         if due(iteration, config.checkpoint_every, last):
             ckpt.save_checkpoint(run_dir.artifacts / "checkpoints", iteration, policy, optimizer,
-                                 {"seed": seed, "updater": updater.name, **counters})
+                                 {"seed": seed, "updater": updater.name, **counters}, keep=config.keep_checkpoints)
             refresh_due = True
     bar.close()
     if writer is not None:
@@ -195,6 +221,18 @@ def train(
 
 
 # ------------------------------------------------------------------------------------------ the pieces
+
+
+class NonFinite(ArithmeticError):
+    """A loss, gradient or weight is NaN or infinite (raised by ``optimise``; ``train`` names the iteration)."""
+
+
+def diverged_message(problem: NonFinite, iteration: int, updater: Updater, run_dir: RunDir) -> str:
+    c = updater.config
+    return (f"training diverged in iteration {iteration}: {problem}. Nothing of this iteration was saved; the last "
+            f"good checkpoint in {run_dir.path / 'artifacts' / 'checkpoints'} is what a resume uses. Likely cause: "
+            f"the learning rate (updater.lr={c.lr:g}) or the clipping (updater.grad_clip={c.grad_clip:g}) or the "
+            f"KL weight (updater.kl_coef={c.kl_coef:g}); lower the learning rate and run again in a new out_dir")
 
 
 def refresh(env: Any, seed: int) -> None:
@@ -286,6 +324,9 @@ def optimise(policy: Policy, updater: Updater, batch: Batch, optimizer: torch.op
         for k, rows in enumerate(np.array_split(order, c.minibatches)):
             if len(rows):
                 terms = updater.loss(policy, batch.select(rows).to(device))
+                if not bool(torch.isfinite(terms["loss"])):
+                    raise NonFinite(f"the loss is {float(terms['loss'])} (terms: "
+                                    f"{ {k: float(v) for k, v in terms.items()} })")
                 (terms["loss"] / c.grad_accum).backward()
                 for name, value in terms.items():
                     sums[name] += float(value.detach())
@@ -295,9 +336,15 @@ def optimise(policy: Policy, updater: Updater, batch: Batch, optimizer: torch.op
             lr = set_lr(optimizer, c, step, total_steps)
             if any(p.grad is not None for p in params):
                 norm = torch.nn.utils.clip_grad_norm_(params, c.grad_clip if c.grad_clip > 0 else float("inf"))
+                if not bool(torch.isfinite(norm)):
+                    raise NonFinite(f"the gradient norm is {float(norm)}")
                 sums["grad_norm"] += float(norm)
                 counts["grad_norm"] += 1
                 optimizer.step()
+                bad = [name for name, p in policy.named_parameters() if p.requires_grad
+                       and not bool(torch.isfinite(p).all())]
+                if bad:
+                    raise NonFinite(f"the weights became non-finite after the optimiser step ({bad[:3]})")
             optimizer.zero_grad(set_to_none=True)
             step += 1
     out = {name if name == "grad_norm" else f"train/{name}": sums[name] / counts[name] for name in sums}
