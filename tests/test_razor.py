@@ -102,7 +102,7 @@ def test_snapshots_pair_with_finals_on_the_episodes_both_ran():
     snapshot = point("snap", "rl", [1, 0], [1, 0], [1, 1], pi0_result, final=False, seeds=[0, 1])
     # only seeds 0 and 1 are shared: pi0 succeeded on both in both tasks
     assert snapshot.forgetting == pytest.approx((0.5 + 0.0) / 2)
-    with pytest.raises(ValueError, match="share no episode"):
+    with pytest.raises(ValueError, match="share no example"):
         point("far", "rl", [1], [1], [1], pi0_result, seeds=[99])
 
 

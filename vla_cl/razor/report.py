@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from vla_cl.evaluation.law_plots import plot_forgetting_vs_kl, plot_pareto, plot_r2, table
 from vla_cl.evaluation.results import read_result
 from vla_cl.evaluation.suite import AXES
 from vla_cl.files import write_json_atomic, write_text_atomic
@@ -22,7 +23,6 @@ from vla_cl.razor import law as L
 from vla_cl.razor.measure import policies_of
 
 ASSETS = "report_assets"
-FAMILY_COLORS = {"rl": "#1f77b4", "sft": "#d62728", "hybrid": "#9467bd", "pi0": "#222222"}
 FAMILY_LABELS = {"rl": "RL (PPO / REINFORCE)", "sft": "SFT", "hybrid": "hybrids (SFT+KL, distill)", "pi0": "pi0"}
 # Table 1 of the paper (ParityMNIST), for reference next to the robot R^2.
 PAPER_R2 = {"forward_kl_new": 0.96, "reverse_kl_new": 0.93, "tv_new": 0.80, "l2_new": 0.56, "weight_l1": 0.34,
@@ -54,16 +54,7 @@ def analyse(config: Any, pi0_folder: str, trials: list[dict], evaluations: Path,
     finals = [p for p in points if p.final]
     levels = [round(pi0.new_success + d, 2) for d in (0.1, 0.2, 0.3, 0.4) if pi0.new_success + d <= 1.0]
     out = {
-        "pi0": pi0.to_dict(),
-        "points": [p.to_dict() for p in points],
-        "r2": L.r2_table(points),
-        "r2_final": L.r2_table(finals),
-        "fit_forward_kl_new": L.fit_curve(points),
-        "pareto": {family: [p.key for p in L.pareto([q for q in points if q.family == family])]
-                   for family in sorted({p.family for p in points})},
-        "matched": L.matched(points, pi0, tasks, levels),
-        "finding": L.finding(points, pi0, tasks),
-        "retention_tasks": tasks,
+        **L.analyse(pi0, points, tasks, levels),
         "new_task": config.new_task,
         "episodes": {"final": points and finals[0].result.cell(config.new_task).episodes,
                      "snapshot": next((p.result.cell(config.new_task).episodes for p in points if not p.final), None)},
@@ -77,90 +68,6 @@ def analyse(config: Any, pi0_folder: str, trials: list[dict], evaluations: Path,
 
 
 # ------------------------------------------------------------------------------------------ plots
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def plot_pareto(law: dict, path: Path) -> None:
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.4, 4.6))
-    pi0 = law["pi0"]
-    ax.scatter([pi0["new_task_success"]], [pi0["mean_retention"]], marker="*", s=220, color="black", label="pi0",
-               zorder=5)
-    by_key = {p["key"]: p for p in law["points"]}
-    for family in ("rl", "sft", "hybrid"):
-        points = [p for p in law["points"] if p["family"] == family]
-        if not points:
-            continue
-        colour = FAMILY_COLORS[family]
-        finals = [p for p in points if p["final"]]
-        mids = [p for p in points if not p["final"]]
-        ax.scatter([p["new_task_success"] for p in finals], [p["mean_retention"] for p in finals], color=colour,
-                   label=f"{FAMILY_LABELS[family]} (final)")
-        ax.scatter([p["new_task_success"] for p in mids], [p["mean_retention"] for p in mids], facecolors="none",
-                   edgecolors=colour, label=f"{FAMILY_LABELS[family]} (mid-training)")
-        front = [by_key[k] for k in law["pareto"].get(family, [])]
-        ax.plot([pi0["new_task_success"], *[p["new_task_success"] for p in front]],
-                [pi0["mean_retention"], *[p["mean_retention"] for p in front]], color=colour, alpha=0.6)
-    ax.set_xlabel("new-task success (in-distribution)")
-    ax.set_ylabel("mean success on the retention tasks")
-    ax.set_title("Pareto frontier per method: learning vs keeping")
-    ax.legend(fontsize=7, loc="lower left")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def plot_forgetting_vs_kl(law: dict, path: Path) -> None:
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.4, 4.6))
-    for family in ("rl", "sft", "hybrid"):
-        points = [p for p in law["points"] if p["family"] == family]
-        if points:
-            ax.scatter([p["forward_kl_new"] for p in points], [p["forgetting"] for p in points],
-                       color=FAMILY_COLORS[family], label=FAMILY_LABELS[family], alpha=0.85)
-    fit = law.get("fit_forward_kl_new")
-    if fit:
-        xs = np.linspace(0, max(p["forward_kl_new"] for p in law["points"]), 100)
-        ax.plot(xs, np.polyval(fit["coefficients"], xs), color="black", lw=1,
-                label=f"2nd-degree fit, R$^2$ = {fit['r2']:.2f}")
-    ax.axhline(0, color="grey", lw=0.5)
-    ax.set_xlabel("forward KL(pi0 || pi) on new-task states (nats per action)")
-    ax.set_ylabel("forgetting (mean drop in retention-task success)")
-    ax.set_title("Forgetting against the forward KL on the new task")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def plot_r2(law: dict, path: Path) -> None:
-    plt = _pyplot()
-    names = list(PREDICTORS)
-    values = [law["r2"].get(n) if law["r2"].get(n) is not None else 0.0 for n in names]
-    fig, ax = plt.subplots(figsize=(6.4, 4.8))
-    y = np.arange(len(names))
-    ax.barh(y, values, color=["#2ca02c" if n == "forward_kl_new" else "#7f7f7f" for n in names])
-    ax.scatter([law["r2_final"].get(n) or 0.0 for n in names], y, color="black", s=12, zorder=3,
-               label="final policies only")
-    ax.set_yticks(y, names, fontsize=8)
-    ax.invert_yaxis()
-    ax.set_xlim(min(0.0, min(values)), 1.0)
-    ax.set_xlabel("R$^2$ of a 2nd-degree fit of forgetting")
-    ax.set_title("How well each predictor explains forgetting")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 # ------------------------------------------------------------------------------------------ videos
@@ -222,12 +129,6 @@ def _pct(cell: dict | None) -> str:
         return "n/a"
     low, high = cell["ci95"]
     return f"{cell['success_rate']:.0%} <small>({low:.0%}-{high:.0%})</small>"
-
-
-def _table(header: list[str], rows: list[list[str]]) -> str:
-    head = "".join(f"<th>{h}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
 def _fmt(value: Any, digits: int = 3) -> str:
@@ -302,20 +203,20 @@ Design targets: {", ".join(f"{e(k)}: {'met' if v else 'MISSED'}" for k, v in che
 <img src="{ASSETS}/forgetting_vs_kl.png" alt="forgetting against the forward KL on the new task" width="620">
 <img src="{ASSETS}/r2.png" alt="R squared per predictor" width="620">
 <h3>R<sup>2</sup> of each predictor (2nd-degree fit of forgetting)</h3>
-{_table(["predictor", "all points", "final policies", "paper (ParityMNIST)"], r2_rows)}
+{table(["predictor", "all points", "final policies", "paper (ParityMNIST)"], r2_rows)}
 <p>ParityMNIST mechanism check in this run: R<sup>2</sup>(forward KL on the new task) = {_fmt(parity_r2)}.</p>
 <h3>Forgetting at matched new-task success</h3>
-{_table(["method", "new-task success at least", "least-forgetting policy", "forgetting vs pi0 (95 % CI)"], matched_rows)}
+{table(["method", "new-task success at least", "least-forgetting policy", "forgetting vs pi0 (95 % CI)"], matched_rows)}
 <h2>Success per task (in-distribution)</h2>
-{_table(["policy", *[e(t) for t in tasks], e(new) + " (new)"], success_rows)}
+{table(["policy", *[e(t) for t in tasks], e(new) + " (new)"], success_rows)}
 <h2>Generalisation axes</h2>
-{_table(["policy", *[f"new: {a}" for a in AXES], *[f"retention mean: {a}" for a in AXES]], axis_rows)}
+{table(["policy", *[f"new: {a}" for a in AXES], *[f"retention mean: {a}" for a in AXES]], axis_rows)}
 <h2>Rollouts</h2>
 {video_html}
 <h2>Every run</h2>
-{_table(["method", "setting", "iteration", "new task", *[e(t) for t in tasks], "forgetting", "forward KL (new)"], run_rows)}
+{table(["method", "setting", "iteration", "new task", *[e(t) for t in tasks], "forgetting", "forward KL (new)"], run_rows)}
 <h2>Stage timings</h2>
-{_table(["stage", "seconds"], timing_rows)}
+{table(["stage", "seconds"], timing_rows)}
 </body></html>
 """
 
@@ -324,8 +225,8 @@ def write(config: Any, pi0: str, trials: list[dict], law: dict, run_dir: Any, fo
     """Plots, videos, summary.json and report.html (see the module docstring)."""
     assets = run_dir.path / ASSETS
     assets.mkdir(parents=True, exist_ok=True)
-    plot_pareto(law, assets / "pareto.png")
-    plot_forgetting_vs_kl(law, assets / "forgetting_vs_kl.png")
+    plot_pareto(law, assets / "pareto.png", FAMILY_LABELS)
+    plot_forgetting_vs_kl(law, assets / "forgetting_vs_kl.png", FAMILY_LABELS)
     plot_r2(law, assets / "r2.png")
     clips = videos(config, pi0, law, trials, assets) if config.videos else []
     evaluations = run_dir.path / "evaluation"

@@ -1,0 +1,188 @@
+"""The forgetting law, for any experiment: fits, Pareto frontiers and the paper's finding at matched new-task score.
+
+Robots (``vla_cl.razor``) and language models (``vla_cl.llm_track``) analyse their sweeps with this one module.
+A *point* is one evaluated model (a final one or a mid-training snapshot): its new-task score and its
+per-example outcomes on each retention task (``outcomes[task][example id]``: a robot episode's success keyed by
+its reset seed, an LLM benchmark item's score keyed by its id), forgetting = the mean over retention tasks of
+pi0's score minus the model's on the examples both ran, and every predictor (``vla_cl.kl.compare.PREDICTORS``).
+
+* ``r2_table``: forgetting fitted against each predictor with a 2nd-degree polynomial across the points,
+  R^2 = 1 - SS_res / SS_tot on the fitted points (the paper's protocol; ``vla_cl.kl.fit_forgetting``).
+* ``pareto``: the points of a family no other point of it beats on both new-task score and mean retention.
+* ``matched``: at a level a, a family's forgetting is that of its point with new-task score >= a that forgot
+  least (pi0 counts for a <= its own score: forgetting 0); its interval is the paired stratified bootstrap
+  against pi0 on the examples both ran (``vla_cl.evaluation.stats``).
+* ``finding`` (final points only): at the highest new-task score both the best RL and the best SFT final
+  point reach, the least-forgetting point of each family reaching it, and SFT's forgetting minus RL's with
+  the paired bootstrap interval of that difference. The paper's finding (SFT forgets more than RL at
+  matched new-task performance) holds if the interval lies above 0, is reversed if it lies below 0, and is
+  not resolved if it contains 0.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Hashable, Mapping
+from typing import Any
+
+import numpy as np
+
+from vla_cl.evaluation.stats import Interval, paired_bootstrap_mean_difference
+from vla_cl.kl import fit_forgetting
+from vla_cl.kl.compare import PREDICTORS
+
+Outcomes = Mapping[str, Mapping[Hashable, float]]  # retention task -> example id -> score in [0, 1]
+
+
+@dataclasses.dataclass
+class Point:
+    key: str  # e.g. "ppo_lr0p001/final" or "pi0"
+    method: str
+    family: str  # rl, sft, hybrid, pi0
+    setting: str
+    step: int  # the training step the model is from (final: the last)
+    final: bool
+    new_success: float  # the new-task score (success rate, mean reward)
+    outcomes: Outcomes
+    forgetting: float
+    predictors: dict[str, float]
+    result: Any = None  # the evaluation the outcomes came from (robots: a SuiteResult)
+
+    @property
+    def retention(self) -> dict[str, float]:
+        return {task: float(np.mean(list(scores.values()))) for task, scores in self.outcomes.items()}
+
+    @property
+    def mean_retention(self) -> float:
+        return float(np.mean(list(self.retention.values())))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"key": self.key, "method": self.method, "family": self.family, "setting": self.setting,
+                "checkpoint_step": self.step, "final": self.final, "new_task_success": self.new_success,
+                "retention": self.retention, "mean_retention": self.mean_retention, "forgetting": self.forgetting,
+                **{name: self.predictors.get(name) for name in PREDICTORS}}
+
+
+def common(first: Mapping[Hashable, float], second: Mapping[Hashable, float], task: str) -> tuple[np.ndarray, np.ndarray]:
+    """Both models' scores on the examples both ran, in a fixed (sorted-id) order."""
+    shared = sorted(set(first) & set(second), key=str)
+    if not shared:
+        raise ValueError(f"{task}: the two evaluations share no example; evaluate them on the same examples")
+    return (np.asarray([first[i] for i in shared], dtype=float), np.asarray([second[i] for i in shared], dtype=float))
+
+
+def paired_difference(first: Outcomes, second: Outcomes, tasks: list[str], seed: int = 0) -> Interval:
+    """Mean over ``tasks`` of (first's score - second's score), stratified paired bootstrap on shared examples."""
+    pairs = [common(first[t], second[t], t) for t in tasks]
+    return paired_bootstrap_mean_difference([a for a, _ in pairs], [b for _, b in pairs], seed=seed)
+
+
+def forgetting(pi0: Outcomes, outcomes: Outcomes, tasks: list[str]) -> float:
+    """Mean over tasks of pi0's mean score minus the model's, on the examples both ran."""
+    return float(np.mean([np.subtract(*[x.mean() for x in common(pi0[t], outcomes[t], t)]) for t in tasks]))
+
+
+def make_point(key: str, method: str, family: str, setting: str, step: int, final: bool, new_success: float,
+               outcomes: Outcomes, pi0: Outcomes, predictors: dict[str, float], result: Any = None) -> Point:
+    tasks = list(outcomes)
+    return Point(key, method, family, setting, step, final, float(new_success), outcomes,
+                 forgetting(pi0, outcomes, tasks), predictors, result)
+
+
+def r2_table(points: list[Point]) -> dict[str, float | None]:
+    """R^2 of the 2nd-degree fit of forgetting against each predictor (None when it cannot be fitted)."""
+    y = np.asarray([p.forgetting for p in points])
+    out: dict[str, float | None] = {}
+    for name in PREDICTORS:
+        x = np.asarray([p.predictors.get(name, np.nan) for p in points], dtype=float)
+        try:
+            out[name] = float(fit_forgetting(x, y, 2).r2)
+        except ValueError:
+            out[name] = None
+    return out
+
+
+def fit_curve(points: list[Point], predictor: str = "forward_kl_new") -> dict[str, Any] | None:
+    x = np.asarray([p.predictors.get(predictor, np.nan) for p in points], dtype=float)
+    y = np.asarray([p.forgetting for p in points])
+    try:
+        fit = fit_forgetting(x, y, 2)
+    except ValueError:
+        return None
+    return {"predictor": predictor, "coefficients": fit.coefficients.tolist(), "r2": fit.r2, "n": fit.n}
+
+
+def pareto(points: list[Point]) -> list[Point]:
+    """Points no other point beats on both new-task score and mean retention, by new-task score."""
+    front = [p for p in points if not any(
+        (q.new_success >= p.new_success and q.mean_retention >= p.mean_retention)
+        and (q.new_success > p.new_success or q.mean_retention > p.mean_retention) for q in points)]
+    return sorted(front, key=lambda p: p.new_success)
+
+
+def least_forgetting(points: list[Point], level: float) -> Point | None:
+    """The point with new-task score >= level that forgot least (ties: the higher new-task score)."""
+    eligible = [p for p in points if p.new_success >= level - 1e-12]
+    return min(eligible, key=lambda p: (p.forgetting, -p.new_success)) if eligible else None
+
+
+def matched(points: list[Point], pi0: Point, retention_tasks: list[str], levels: list[float]) -> dict[str, Any]:
+    """Per family and level: the least-forgetting point reaching the level, with its paired interval vs pi0."""
+    out: dict[str, Any] = {"levels": levels, "families": {}}
+    for family in sorted({p.family for p in points}):
+        rows = []
+        for level in levels:
+            chosen = least_forgetting([pi0, *[p for p in points if p.family == family]], level)
+            if chosen is None:
+                rows.append({"level": level, "reached": False})
+                continue
+            interval = (Interval(0.0, 0.0, 0.0, 0.95, "pi0 itself") if chosen is pi0 else
+                        paired_difference(pi0.outcomes, chosen.outcomes, retention_tasks))
+            rows.append({"level": level, "reached": True, "point": chosen.key, "new_task_success": chosen.new_success,
+                         "forgetting": interval.to_dict()})
+        out["families"][family] = rows
+    return out
+
+
+def finding(points: list[Point], pi0: Point, retention_tasks: list[str], score: str = "new-task success",
+            retention: str = "mean retention-task success") -> dict[str, Any]:
+    """SFT's forgetting minus RL's at the highest new-task score both reach (see the module docstring)."""
+    rl = [p for p in points if p.family == "rl" and p.final]
+    sft = [p for p in points if p.family == "sft" and p.final]
+    if not rl or not sft:
+        return {"held": None, "statement": "the sweep lacks an RL or an SFT point; no comparison"}
+    level = min(max(p.new_success for p in rl), max(p.new_success for p in sft))
+    best_rl, best_sft = least_forgetting(rl, level), least_forgetting(sft, level)
+    # SFT forgetting - RL forgetting = RL retention - SFT retention, on the examples both ran
+    difference = paired_difference(best_rl.outcomes, best_sft.outcomes, retention_tasks)
+    held = True if difference.low > 0 else False if difference.high < 0 else None
+    verdict = {True: "held: SFT forgot more than RL", False: "was reversed: RL forgot more than SFT",
+               None: "was not resolved: the interval contains 0"}[held]
+    statement = (
+        f"At matched {score} (final models; both reach >= {level:.0%}), the least-forgetting SFT model "
+        f"({best_sft.key}, new task {best_sft.new_success:.0%}) forgot {best_sft.forgetting:+.3f} and the "
+        f"least-forgetting RL model ({best_rl.key}, new task {best_rl.new_success:.0%}) forgot "
+        f"{best_rl.forgetting:+.3f} of pi0's {retention}. SFT minus RL: {difference.estimate:+.3f} "
+        f"(95 % paired bootstrap interval {difference.low:+.3f} to {difference.high:+.3f}). The paper's finding "
+        f"{verdict}.")
+    return {"held": held, "level": level, "rl_point": best_rl.key, "sft_point": best_sft.key,
+            "rl_forgetting": best_rl.forgetting, "sft_forgetting": best_sft.forgetting,
+            "sft_minus_rl": difference.to_dict(), "statement": statement}
+
+
+def analyse(pi0: Point, points: list[Point], retention_tasks: list[str], levels: list[float],
+            **finding_words: str) -> dict[str, Any]:
+    """Everything above for one sweep, as a JSON-ready dict (the report's ``law.json``)."""
+    finals = [p for p in points if p.final]
+    return {
+        "pi0": pi0.to_dict(),
+        "points": [p.to_dict() for p in points],
+        "r2": r2_table(points),
+        "r2_final": r2_table(finals),
+        "fit_forward_kl_new": fit_curve(points),
+        "pareto": {family: [p.key for p in pareto([q for q in points if q.family == family])]
+                   for family in sorted({p.family for p in points})},
+        "matched": matched(points, pi0, retention_tasks, levels),
+        "finding": finding(points, pi0, retention_tasks, **finding_words),
+        "retention_tasks": retention_tasks,
+    }

@@ -1,0 +1,108 @@
+"""Plots and HTML tables of the forgetting law (``vla_cl.evaluation.law``), shared by the robot and LLM reports.
+
+Each plot takes the analysis dict (``law.json``) and writes a PNG; the axis labels name what the experiment
+measures (episode success for robots, benchmark accuracy for language models).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from vla_cl.kl.compare import PREDICTORS
+
+FAMILY_COLORS = {"rl": "#1f77b4", "sft": "#d62728", "hybrid": "#9467bd", "pi0": "#222222"}
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_pareto(law: dict, path: Path, labels: dict[str, str], new_label: str = "new-task success (in-distribution)",
+                retention_label: str = "mean success on the retention tasks") -> None:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.6))
+    pi0 = law["pi0"]
+    ax.scatter([pi0["new_task_success"]], [pi0["mean_retention"]], marker="*", s=220, color="black", label="pi0",
+               zorder=5)
+    by_key = {p["key"]: p for p in law["points"]}
+    for family in ("rl", "sft", "hybrid"):
+        points = [p for p in law["points"] if p["family"] == family]
+        if not points:
+            continue
+        colour = FAMILY_COLORS[family]
+        finals = [p for p in points if p["final"]]
+        mids = [p for p in points if not p["final"]]
+        ax.scatter([p["new_task_success"] for p in finals], [p["mean_retention"] for p in finals], color=colour,
+                   label=f"{labels.get(family, family)} (final)")
+        ax.scatter([p["new_task_success"] for p in mids], [p["mean_retention"] for p in mids], facecolors="none",
+                   edgecolors=colour, label=f"{labels.get(family, family)} (mid-training)")
+        front = [by_key[k] for k in law["pareto"].get(family, [])]
+        ax.plot([pi0["new_task_success"], *[p["new_task_success"] for p in front]],
+                [pi0["mean_retention"], *[p["mean_retention"] for p in front]], color=colour, alpha=0.6)
+    ax.set_xlabel(new_label)
+    ax.set_ylabel(retention_label)
+    ax.set_title("Pareto frontier per method: learning vs keeping")
+    ax.legend(fontsize=7, loc="lower left")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_forgetting_vs_kl(law: dict, path: Path, labels: dict[str, str],
+                          kl_label: str = "forward KL(pi0 || pi) on new-task states (nats per action)",
+                          forgetting_label: str = "forgetting (mean drop in retention-task success)") -> None:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.6))
+    for family in ("rl", "sft", "hybrid"):
+        points = [p for p in law["points"] if p["family"] == family]
+        if points:
+            ax.scatter([p["forward_kl_new"] for p in points], [p["forgetting"] for p in points],
+                       color=FAMILY_COLORS[family], label=labels.get(family, family), alpha=0.85)
+    fit = law.get("fit_forward_kl_new")
+    if fit:
+        xs = np.linspace(0, max(p["forward_kl_new"] for p in law["points"]), 100)
+        ax.plot(xs, np.polyval(fit["coefficients"], xs), color="black", lw=1,
+                label=f"2nd-degree fit, R$^2$ = {fit['r2']:.2f}")
+    ax.axhline(0, color="grey", lw=0.5)
+    ax.set_xlabel(kl_label)
+    ax.set_ylabel(forgetting_label)
+    ax.set_title("Forgetting against the forward KL on the new task")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_r2(law: dict, path: Path, finals_label: str = "final policies only") -> None:
+    plt = _pyplot()
+    names = list(PREDICTORS)
+    values = [law["r2"].get(n) if law["r2"].get(n) is not None else 0.0 for n in names]
+    fig, ax = plt.subplots(figsize=(6.4, 4.8))
+    y = np.arange(len(names))
+    ax.barh(y, values, color=["#2ca02c" if n == "forward_kl_new" else "#7f7f7f" for n in names])
+    ax.scatter([law["r2_final"].get(n) or 0.0 for n in names], y, color="black", s=12, zorder=3,
+               label=finals_label)
+    ax.set_yticks(y, names, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlim(min(0.0, min(values)), 1.0)
+    ax.set_xlabel("R$^2$ of a 2nd-degree fit of forgetting")
+    ax.set_title("How well each predictor explains forgetting")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def table(header: list[str], rows: list[list[str]]) -> str:
+    head = "".join(f"<th>{h}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
