@@ -20,61 +20,12 @@ A table of stage timings is printed at the end (and kept in ``timings.json``).
 from __future__ import annotations
 
 import json
-import os
-import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from vla_cl.files import write_json_atomic
 from vla_cl.razor.config import RazorConfig
 from vla_cl.runs import RunDir
-
-STAGE_FILE = "stage.json"
-
-
-def log(message: str) -> None:
-    print(message, flush=True)
-
-
-class Stages:
-    """Runs named stages in sub-folders; a finished stage's result is read back instead of recomputed."""
-
-    def __init__(self, run_dir: RunDir):
-        self.run_dir, self.timings = run_dir, []
-
-    def __call__(self, name: str, what: str, fn: Callable[[Path], Any]) -> Any:
-        self.run_dir.begin()  # the stages write into sub-folders: the run has started
-        folder = self.run_dir.path / name
-        marker = folder / STAGE_FILE
-        index = len(self.timings) + 1
-        if marker.exists():
-            record = json.loads(marker.read_text())
-            log(f"[razor] stage {index} {name}: finished in an earlier run ({record['seconds']:.0f} s), reused")
-            self.timings.append((name, record["seconds"], "reused"))
-            return record["result"]
-        log(f"[razor] stage {index} {name}: {what}")
-        folder.mkdir(parents=True, exist_ok=True)
-        start = time.perf_counter()
-        result = fn(folder)
-        seconds = time.perf_counter() - start
-        write_json_atomic(marker, {"seconds": round(seconds, 2), "result": result})
-        self.run_dir.log(event="stage", stage=name, seconds=round(seconds, 2))
-        self.timings.append((name, seconds, "ran"))
-        log(f"[razor]   {name} done in {seconds:.0f} s")
-        return result
-
-    def table(self) -> str:
-        total = sum(seconds for _, seconds, status in self.timings if status == "ran")
-        width = max(len("total (this run)"), *(len(name) for name, _, _ in self.timings))
-        lines = [f"| {'stage'.ljust(width)} | seconds | this run |", f"|{'-' * (width + 2)}|---------|----------|"]
-        lines += [f"| {name.ljust(width)} | {seconds:7.1f} | {status:8} |" for name, seconds, status in self.timings]
-        lines.append(f"| {'total (this run)'.ljust(width)} | {total:7.1f} |          |")
-        return "\n".join(lines)
-
-
-def resolve_workers(workers: int) -> int:
-    return workers or max(1, len(os.sched_getaffinity(0)))
+from vla_cl.stages import Stages, log, resolve_workers
 
 
 def _subcommand(folder: Path, command: str, overrides: list[str]):

@@ -28,6 +28,7 @@ from typing import Any
 
 from vla_cl.config import RunConfig, option, require, require_choice
 from vla_cl.runs import RunDir
+from vla_cl.stages import resolve_workers
 
 POLICIES = ("state_token", "small_vlm")
 DEFAULT_TASKS = ["maniskill/PickCube-v1", "maniskill/PushCube-v1", "maniskill/PullCube-v1", "maniskill/StackCube-v1"]
@@ -83,12 +84,6 @@ class PretrainConfig(RunConfig):
             from vla_cl.evaluation.suite import load_suite
 
             load_suite(self.suite)
-
-
-def resolve_workers(workers: int) -> int:
-    import os
-
-    return workers or max(1, len(os.sched_getaffinity(0)))
 
 
 # ------------------------------------------------------------------------------------------ demonstrations
