@@ -30,6 +30,7 @@ from vla_cl.kl.predictors import (
     update_spectral_norm,
     weight_change_l1,
 )
+from vla_cl.kl.sequence import check_mask
 
 DISTRIBUTION_PREDICTORS = ("forward_kl", "reverse_kl", "tv", "l2")
 WEIGHT_PREDICTORS = ("weight_l1", "weight_fisher_l2", "weight_spectral")
@@ -44,15 +45,23 @@ _SUMMED = ("forward_kl", "reverse_kl")  # over action positions; the distances a
 
 
 def output_predictors(base_logits: torch.Tensor, logits: torch.Tensor, inputs: str,
-                      support: Support = "action") -> dict[str, float]:
-    """The four divergences between pi0's and pi's logits (n, D, V) on the same inputs, named ``<name>_<inputs>``."""
+                      support: Support = "action", mask: torch.Tensor | None = None) -> dict[str, float]:
+    """The four divergences between pi0's and pi's logits (n, D, V) on the same inputs, named ``<name>_<inputs>``.
+
+    ``mask`` (n, D), True where a position counts, handles variable-length outputs (a language model's
+    responses, padded to D tokens): sums and means run over each input's counted positions only."""
     if base_logits.ndim != 3 or base_logits.shape != logits.shape:
         raise ValueError(f"logits must both be (n, D, V) of one shape, got {tuple(base_logits.shape)} and "
                          f"{tuple(logits.shape)}")
+    check_mask(mask, base_logits.shape[:-1])
+    if mask is not None and not bool(mask.any(-1).all()):
+        raise ValueError("mask leaves an input with no position: every input needs at least one counted position")
+    weights = torch.ones(base_logits.shape[:-1], dtype=torch.float64) if mask is None else mask.cpu().to(torch.float64)
     out = {}
     for name, divergence in _DIVERGENCES.items():
-        per_position = divergence(base_logits, logits, support)  # (n, D)
-        per_input = per_position.sum(-1) if name in _SUMMED else per_position.mean(-1)
+        per_position = divergence(base_logits, logits, support).to(torch.float64).cpu()  # (n, D)
+        per_position = per_position.masked_fill(weights == 0, 0.0)
+        per_input = per_position.sum(-1) if name in _SUMMED else per_position.sum(-1) / weights.sum(-1)
         out[f"{name}_{inputs}"] = float(per_input.mean())
     return out
 
