@@ -7,12 +7,13 @@ THREADS := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 PYTEST_ARGS ?=
 ARGS ?=
 
-.PHONY: setup test razor bench lint clean help
+.PHONY: setup test razor llm bench lint clean help
 
 help:
 	@echo "make setup   create ./.venv with torch, vla-cl, test tools and a CPU Vulkan driver (idempotent)"
 	@echo "make test    setup, then the whole test suite offline"
 	@echo "make razor   setup, then the main job: RL's Razor on the embedded default (ARGS='key=value ...')"
+	@echo "make llm     setup, then RL's Razor on a language model (SmolLM2-135M offline default; ARGS=...)"
 	@echo "make bench   setup, then every benchmark in benchmarks/"
 	@echo "make lint    ruff over the package, tests and benchmarks"
 	@echo "make clean   remove .venv and caches (runs/ is kept)"
@@ -25,6 +26,9 @@ test: setup
 
 razor: setup
 	$(OFFLINE) $(BIN)/vla-cl razor $(ARGS)
+
+llm: setup
+	$(OFFLINE) $(BIN)/vla-cl llm $(ARGS)
 
 bench: setup
 	@for b in benchmarks/*.py; do echo "== $$b"; $(OFFLINE) $(THREADS) $(BIN)/python $$b || exit 1; done

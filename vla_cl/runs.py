@@ -82,6 +82,16 @@ def default_out_dir(command: str) -> Path:
     return Path("runs") / command / time.strftime("%Y%m%d-%H%M%S")
 
 
+def latest_report(command: str, near: Path | None = None) -> Path | None:
+    """The newest ``report.html`` of a finished ``command`` run: under ``runs/<command>/`` (the default run
+    folders) and beside ``near``'s parent (a run folder chosen with out_dir=), or None."""
+    roots = {default_out_dir(command).parent.resolve()}
+    if near is not None:
+        roots.add(Path(near).resolve().parent.parent / command)
+    reports = [p for root in roots if root.is_dir() for p in root.glob("*/report.html")]
+    return max(reports, key=lambda p: p.stat().st_mtime) if reports else None
+
+
 def _diff_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
     if isinstance(old, dict) and isinstance(new, dict):
         keys = sorted(set(old) | set(new))

@@ -49,6 +49,14 @@ class Stages:
         log(f"[{self.prefix}]   {name} done in {seconds:.0f} s")
         return result
 
+    def finish(self, statement: str, report: Path) -> None:
+        """Write ``timings.json`` and print the timing table, the finding and where the report is."""
+        write_json_atomic(self.run_dir.path / "timings.json", [{"stage": n, "seconds": round(s, 2), "status": st}
+                                                               for n, s, st in self.timings])
+        log(f"\n[{self.prefix}] stage timings\n" + self.table())
+        log(f"\n[{self.prefix}] {statement}")
+        log(f"[{self.prefix}] report: {report}")
+
     def table(self) -> str:
         total = sum(seconds for _, seconds, status in self.timings if status == "ran")
         width = max(len("total (this run)"), *(len(name) for name, _, _ in self.timings))

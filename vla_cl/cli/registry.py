@@ -95,5 +95,12 @@ COMMANDS: dict[str, Command] = {
             "vla_cl.razor.config:RazorConfig",
             "vla_cl.razor.pipeline:run",
         ),
+        Command(
+            "llm",
+            "RL's Razor on language models: GRPO vs SFT (TRL) on a new task, forward KL, lm-eval retention, the "
+            "forgetting law and a report.",
+            "vla_cl.llm_track.config:LLMConfig",
+            "vla_cl.llm_track.pipeline:run",
+        ),
     )
 }

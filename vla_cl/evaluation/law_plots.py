@@ -15,7 +15,7 @@ from vla_cl.kl.compare import PREDICTORS
 FAMILY_COLORS = {"rl": "#1f77b4", "sft": "#d62728", "hybrid": "#9467bd", "pi0": "#222222"}
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
@@ -24,9 +24,20 @@ def _pyplot():
     return plt
 
 
+def save(fig, ax, path: Path, legend: dict | None = None, grid: bool = True) -> None:
+    """Legend, grid, layout, write the PNG and free the figure: how every plot of the reports ends."""
+    if legend is not None:
+        ax.legend(**legend)
+    if grid:
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    pyplot().close(fig)
+
+
 def plot_pareto(law: dict, path: Path, labels: dict[str, str], new_label: str = "new-task success (in-distribution)",
                 retention_label: str = "mean success on the retention tasks") -> None:
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.6))
     pi0 = law["pi0"]
     ax.scatter([pi0["new_task_success"]], [pi0["mean_retention"]], marker="*", s=220, color="black", label="pi0",
@@ -49,17 +60,13 @@ def plot_pareto(law: dict, path: Path, labels: dict[str, str], new_label: str = 
     ax.set_xlabel(new_label)
     ax.set_ylabel(retention_label)
     ax.set_title("Pareto frontier per method: learning vs keeping")
-    ax.legend(fontsize=7, loc="lower left")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save(fig, ax, path, legend={"fontsize": 7, "loc": "lower left"})
 
 
 def plot_forgetting_vs_kl(law: dict, path: Path, labels: dict[str, str],
                           kl_label: str = "forward KL(pi0 || pi) on new-task states (nats per action)",
                           forgetting_label: str = "forgetting (mean drop in retention-task success)") -> None:
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.6))
     for family in ("rl", "sft", "hybrid"):
         points = [p for p in law["points"] if p["family"] == family]
@@ -75,15 +82,11 @@ def plot_forgetting_vs_kl(law: dict, path: Path, labels: dict[str, str],
     ax.set_xlabel(kl_label)
     ax.set_ylabel(forgetting_label)
     ax.set_title("Forgetting against the forward KL on the new task")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save(fig, ax, path, legend={"fontsize": 8})
 
 
 def plot_r2(law: dict, path: Path, finals_label: str = "final policies only") -> None:
-    plt = _pyplot()
+    plt = pyplot()
     names = list(PREDICTORS)
     values = [law["r2"].get(n) if law["r2"].get(n) is not None else 0.0 for n in names]
     fig, ax = plt.subplots(figsize=(6.4, 4.8))
@@ -96,10 +99,7 @@ def plot_r2(law: dict, path: Path, finals_label: str = "final policies only") ->
     ax.set_xlim(min(0.0, min(values)), 1.0)
     ax.set_xlabel("R$^2$ of a 2nd-degree fit of forgetting")
     ax.set_title("How well each predictor explains forgetting")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save(fig, ax, path, legend={"fontsize": 8}, grid=False)
 
 
 def table(header: list[str], rows: list[list[str]]) -> str:

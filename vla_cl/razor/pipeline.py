@@ -124,12 +124,7 @@ def run(config: RazorConfig, run_dir: RunDir) -> int:
                  lambda f: report_stage.analyse(config, pi0, trials, evaluations, run_dir.path / "evaluation", f))
     stages("report", "summary.json, report.html, videos",
            lambda f: report_stage.write(config, pi0, trials, law, run_dir, f))
-    table = stages.table()
-    write_json_atomic(run_dir.path / "timings.json", [{"stage": n, "seconds": round(s, 2), "status": st}
-                                                      for n, s, st in stages.timings])
-    log("\n[razor] stage timings\n" + table)
-    log(f"\n[razor] {law['finding']['statement']}")
-    log(f"[razor] report: {run_dir.path / 'report.html'}")
+    stages.finish(law["finding"]["statement"], run_dir.path / "report.html")
     return 0
 
 

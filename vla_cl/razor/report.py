@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import html
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from vla_cl.files import write_json_atomic, write_text_atomic
 from vla_cl.kl.compare import PREDICTORS
 from vla_cl.razor import law as L
 from vla_cl.razor.measure import policies_of
+from vla_cl.runs import latest_report
 
 ASSETS = "report_assets"
 FAMILY_LABELS = {"rl": "RL (PPO / REINFORCE)", "sft": "SFT", "hybrid": "hybrids (SFT+KL, distill)", "pi0": "pi0"}
@@ -136,7 +138,7 @@ def _fmt(value: Any, digits: int = 3) -> str:
 
 
 def page(config: Any, law: dict, results: dict[str, Any], clips: list[dict], timings: list[dict],
-         parity_r2: float | None) -> str:
+         parity_r2: float | None, llm_report: str | None = None) -> str:
     e = html.escape
     tasks, new = law["retention_tasks"], law["new_task"]
     finding = law["finding"]
@@ -195,6 +197,7 @@ seed. Final policies: {eps.get('final')} episodes per task and axis; mid-trainin
 episodes per task on the in-distribution axis. Intervals are 95 % (Wilson for rates, paired bootstrap for
 differences).</p>
 <div class="finding"><b>Finding ({held}).</b> {e(finding['statement'])}</div>
+{f'<p>Language-model half of the experiment: <a href="{e(llm_report)}">the LLM report</a> (vla-cl llm).</p>' if llm_report else ""}
 <h2>pi0</h2>
 <p>pi0: new task {pi0['new_task_success']:.0%}; retention tasks {", ".join(f"{e(t)} {v:.0%}" for t, v in pi0['retention'].items())}.
 Design targets: {", ".join(f"{e(k)}: {'met' if v else 'MISSED'}" for k, v in checks.items()) or "n/a"}.</p>
@@ -244,6 +247,9 @@ def write(config: Any, pi0: str, trials: list[dict], law: dict, run_dir: Any, fo
                "pareto": law["pareto"], "matched": law["matched"], "finding": law["finding"],
                "episodes": law["episodes"], "design_checks": law["design_checks"], "videos": clips,
                "parity_r2_forward_kl_new": parity_r2, "config": json.loads(json.dumps(config.__dict__, default=str))}
+    llm = latest_report("llm", run_dir.path)
+    llm_link = os.path.relpath(llm, run_dir.path) if llm else None
+    summary["llm_report"] = llm_link
     write_json_atomic(run_dir.path / "summary.json", summary)
-    write_text_atomic(run_dir.path / "report.html", page(config, law, results, clips, timings, parity_r2))
+    write_text_atomic(run_dir.path / "report.html", page(config, law, results, clips, timings, parity_r2, llm_link))
     return {"report": str(run_dir.path / "report.html"), "videos": len(clips)}
