@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +67,28 @@ def write_json_atomic(path: str | Path, payload: Any, **dumps: Any) -> Path:
 
 
 TEMPORARY_SUFFIXES = (".tmp", ".saving", ".replaced")
+
+
+def filter_jsonl(path: str | Path, keep: Callable[[Any], bool]) -> int:
+    """Rewrite a JSON-lines file (atomically) with only the records ``keep`` accepts, dropping any half-written
+    line a killed writer left; returns how many lines were dropped (the file is untouched when none)."""
+    path = Path(path)
+    if not path.exists():
+        return 0
+    kept, dropped = [], 0
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:  # half a line from a killed write
+            dropped += 1
+            continue
+        if keep(record):
+            kept.append(line)
+        else:
+            dropped += 1
+    if dropped:
+        write_text_atomic(path, "".join(line + "\n" for line in kept))
+    return dropped
 
 
 def remove_stale_temporaries(folder: str | Path, skip: Any = None) -> list[Path]:

@@ -41,7 +41,7 @@ import numpy as np
 
 from vla_cl.config import RunConfig, option, require, require_choice
 from vla_cl.envs.registry import OBS_MODES, get_spec
-from vla_cl.files import atomic_path, write_json_atomic, write_text_atomic
+from vla_cl.files import atomic_path, filter_jsonl, write_json_atomic
 
 FORMAT_VERSION = 1
 ARRAYS_FILE = "demos.safetensors"
@@ -306,22 +306,7 @@ def drop_collection_metrics(metrics_path: Path) -> int:
     The attempt lines are logged as the collection goes, so that a long one can be watched; only a saved
     set makes them final, which is why a folder without one has them dropped before starting over.
     """
-    if not metrics_path.exists():
-        return 0
-    kept, dropped = [], 0
-    for line in metrics_path.read_text().splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:  # half a line from a killed write
-            dropped += 1
-            continue
-        if isinstance(record, dict) and "episode" in record:
-            dropped += 1
-        else:
-            kept.append(line)
-    if dropped:
-        write_text_atomic(metrics_path, "".join(line + "\n" for line in kept))
-    return dropped
+    return filter_jsonl(metrics_path, lambda record: not (isinstance(record, dict) and "episode" in record))
 
 
 def remove_stale_temporaries(folder: Path) -> None:

@@ -102,6 +102,11 @@ def plot_r2(law: dict, path: Path, finals_label: str = "final policies only") ->
     save(fig, ax, path, legend={"fontsize": 8}, grid=False)
 
 
+def fmt(value: float | None, digits: int = 3) -> str:
+    """A number for a report table ("n/a" when it could not be computed)."""
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
 def table(header: list[str], rows: list[list[str]]) -> str:
     head = "".join(f"<th>{h}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)

@@ -13,12 +13,13 @@ import dataclasses
 import math
 
 from vla_cl.config import RunConfig, option, require, require_choice
+from vla_cl.llm_track.measure import HUMANEVAL, PRIOR_SKILLS
 from vla_cl.llm_track.models import ModelConfig
 from vla_cl.llm_track.retention import BENCHMARKS, SOURCES
 from vla_cl.llm_track.tasks import PRESETS, TaskConfig
 from vla_cl.llm_track.train import RunSpec, TrainerSettings
 
-RETENTION = (*BENCHMARKS, "humaneval", "capitals")
+RETENTION = (*BENCHMARKS, HUMANEVAL, *PRIOR_SKILLS)
 
 
 @dataclasses.dataclass
@@ -43,7 +44,7 @@ class LLMConfig(RunConfig):
     # HumanEval is left out of the default: SmolLM2-135M-Instruct passes none of the first 20 problems (measured),
     # so there is nothing to forget; the smoke and qwen2.5-3b presets run it. `capitals` is a prior skill of the
     # small model, scored like the new task (see vla_cl.llm_track.measure.PRIOR_SKILLS).
-    retention: list = option([*BENCHMARKS, "capitals"], f"retention benchmarks: {', '.join(RETENTION)}")  # noqa: RUF009
+    retention: list = option([*BENCHMARKS, *PRIOR_SKILLS], f"retention benchmarks: {', '.join(RETENTION)}")  # noqa: RUF009
     retention_source: str = option("local", "local: the labelled stand-ins (offline); hub: the real lm-eval tasks")
     retention_limit: int = option(12, "documents per lm-eval benchmark (0: all); the first N of each")
     humaneval_problems: int = option(16, "HumanEval problems (the first N of the real 164)")

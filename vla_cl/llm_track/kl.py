@@ -44,6 +44,11 @@ class Responses:
     def tokens(self) -> torch.Tensor:
         return self.input_ids[:, self.prompt_length :]
 
+    def texts(self, tokenizer: Any) -> list[str]:
+        """Each response decoded, up to its end-of-turn token, without special tokens."""
+        pad = tokenizer.pad_token_id
+        return tokenizer.batch_decode(self.tokens.masked_fill(~self.response_mask, pad), skip_special_tokens=True)
+
     def rows(self, start: int, stop: int) -> Responses:
         return Responses(self.input_ids[start:stop], self.attention_mask[start:stop], self.prompt_length,
                          self.response_mask[start:stop], self.prompt_ids[start:stop])

@@ -38,8 +38,7 @@ def new_task_scores(model: Any, tokenizer: Any, examples: list[dict], reward: st
     RL optimises; 0: one greedy reply); the score is the mean over examples."""
     replies = generate_responses(model, tokenizer, examples, max(samples, 1), max_new_tokens, seed=seed,
                                  greedy=samples == 0, base=False)
-    texts = tokenizer.batch_decode(replies.tokens.masked_fill(~replies.response_mask, tokenizer.pad_token_id),
-                                   skip_special_tokens=True)
+    texts = replies.texts(tokenizer)
     score, k = REWARDS[reward], max(samples, 1)
     per_example = {e["id"]: sum(score(t, e["answer"]) for t in texts[i * k : (i + 1) * k]) / k
                    for i, e in enumerate(examples)}
@@ -71,8 +70,7 @@ def humaneval(model: Any, tokenizer: Any, problems: list[dict], max_new_tokens: 
                 for p in problems]
     replies = generate_responses(model, tokenizer, examples, 1, max_new_tokens, seed=0, greedy=True, base=False,
                                  batch_size=8)
-    texts = tokenizer.batch_decode(replies.tokens.masked_fill(~replies.response_mask, tokenizer.pad_token_id),
-                                   skip_special_tokens=True)
+    texts = replies.texts(tokenizer)
     result = evaluate_completions(problems, {p["task_id"]: [code_of(t, p)] for p, t in zip(problems, texts)},
                                   ks=(1,), timeout=timeout)
     return {"benchmark": HUMANEVAL, "label": f"HumanEval pass@1 (real problems, first {len(problems)} of 164)",

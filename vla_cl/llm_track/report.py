@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from vla_cl.evaluation.law_plots import plot_forgetting_vs_kl, plot_pareto, plot_r2, pyplot, save, table
+from vla_cl.evaluation.law_plots import fmt, plot_forgetting_vs_kl, plot_pareto, plot_r2, pyplot, save, table
 from vla_cl.files import write_json_atomic, write_text_atomic
 from vla_cl.kl.compare import PREDICTORS
 from vla_cl.llm_track.pipeline import points_of
@@ -42,10 +42,6 @@ def plot_kl_during_training(runs: list[dict], path: Path) -> None:
     save(fig, ax, path, legend={"fontsize": 7})
 
 
-def _fmt(value: Any, digits: int = 3) -> str:
-    return "n/a" if value is None else f"{value:.{digits}f}"
-
-
 def page(config: Any, law: dict, pi0_result: dict, evaluations: dict[str, dict], runs: list[dict],
          timings: list[dict], razor: str | None) -> str:
     e = html.escape
@@ -62,7 +58,7 @@ def page(config: Any, law: dict, pi0_result: dict, evaluations: dict[str, dict],
                      f"{p['new_task_success']:.3f}", *[f"{p['retention'][b]:.3f}" for b in benchmarks],
                      f"{p['forgetting']:+.3f}", f"{kl['forward_kl']:.4f} +- {kl['forward_kl_se']:.4f}",
                      f"{kl['monte_carlo_kl']:.4f} +- {kl['monte_carlo_kl_se']:.4f}"])
-    r2_rows = [[e(n), _fmt(law["r2"].get(n)), _fmt(law["r2_final"].get(n)), _fmt(PAPER_R2_LLM.get(n), 2)]
+    r2_rows = [[e(n), fmt(law["r2"].get(n)), fmt(law["r2_final"].get(n)), fmt(PAPER_R2_LLM.get(n), 2)]
                for n in PREDICTORS]
     matched_rows = []
     for family, entries in law["matched"]["families"].items():

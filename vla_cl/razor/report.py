@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from vla_cl.evaluation.law_plots import plot_forgetting_vs_kl, plot_pareto, plot_r2, table
+from vla_cl.evaluation.law_plots import fmt, plot_forgetting_vs_kl, plot_pareto, plot_r2, table
 from vla_cl.evaluation.results import read_result
 from vla_cl.evaluation.suite import AXES
 from vla_cl.files import write_json_atomic, write_text_atomic
@@ -133,10 +133,6 @@ def _pct(cell: dict | None) -> str:
     return f"{cell['success_rate']:.0%} <small>({low:.0%}-{high:.0%})</small>"
 
 
-def _fmt(value: Any, digits: int = 3) -> str:
-    return "n/a" if value is None else f"{value:.{digits}f}"
-
-
 def page(config: Any, law: dict, results: dict[str, Any], clips: list[dict], timings: list[dict],
          parity_r2: float | None, llm_report: str | None = None) -> str:
     e = html.escape
@@ -166,11 +162,11 @@ def page(config: Any, law: dict, results: dict[str, Any], clips: list[dict], tim
             matched_rows.append([e(FAMILY_LABELS.get(family, family)), f"{r['level']:.0%}",
                                  e(names.get(r.get("point"), "not reached")) if r["reached"] else "not reached",
                                  "" if not r["reached"] else f"{f['estimate']:+.3f} ({f['low']:+.3f} to {f['high']:+.3f})"])
-    r2_rows = [[e(n), _fmt(law["r2"].get(n)), _fmt(law["r2_final"].get(n)), _fmt(PAPER_R2.get(n), 2)]
+    r2_rows = [[e(n), fmt(law["r2"].get(n)), fmt(law["r2_final"].get(n)), fmt(PAPER_R2.get(n), 2)]
                for n in PREDICTORS]
     run_rows = [[e(p["method"]), e(p["setting"]), str(p["checkpoint_step"]) + ("" if not p["final"] else " (final)"),
                  f"{p['new_task_success']:.0%}", *[f"{p['retention'][t]:.0%}" for t in tasks],
-                 f"{p['forgetting']:+.3f}", _fmt(p["forward_kl_new"])] for p in law["points"]]
+                 f"{p['forgetting']:+.3f}", fmt(p["forward_kl_new"])] for p in law["points"]]
     video_html = "".join(
         f"<figure><video src='{e(c['file'])}' controls muted loop preload='auto' width='{config.video_size * 2}'>"
         f"</video><figcaption><b>{e(c['policy'])}</b> on {e(c['task'])}<br>&ldquo;{e(c['instruction'])}&rdquo;, seed "
@@ -207,7 +203,7 @@ Design targets: {", ".join(f"{e(k)}: {'met' if v else 'MISSED'}" for k, v in che
 <img src="{ASSETS}/r2.png" alt="R squared per predictor" width="620">
 <h3>R<sup>2</sup> of each predictor (2nd-degree fit of forgetting)</h3>
 {table(["predictor", "all points", "final policies", "paper (ParityMNIST)"], r2_rows)}
-<p>ParityMNIST mechanism check in this run: R<sup>2</sup>(forward KL on the new task) = {_fmt(parity_r2)}.</p>
+<p>ParityMNIST mechanism check in this run: R<sup>2</sup>(forward KL on the new task) = {fmt(parity_r2)}.</p>
 <h3>Forgetting at matched new-task success</h3>
 {table(["method", "new-task success at least", "least-forgetting policy", "forgetting vs pi0 (95 % CI)"], matched_rows)}
 <h2>Success per task (in-distribution)</h2>

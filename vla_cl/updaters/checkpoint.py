@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from vla_cl.files import write_json_atomic, write_text_atomic
+from vla_cl.files import filter_jsonl, write_json_atomic, write_text_atomic
 
 FORMAT = "vla_cl.training_state"
 FORMAT_VERSION = 1
@@ -205,20 +205,5 @@ def load_checkpoint(root: Path, policy: Any, optimizer: torch.optim.Optimizer) -
 def truncate_metrics(path: Path, last_iteration: int) -> int:
     """Keep the metrics lines of iterations <= ``last_iteration`` (dropping later and unreadable ones);
     returns how many lines were dropped."""
-    path = Path(path)
-    if not path.exists():
-        return 0
-    kept, dropped = [], 0
-    for line in path.read_text().splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:  # half a line from a killed write
-            dropped += 1
-            continue
-        if isinstance(record, dict) and record.get("iteration", -1) <= last_iteration:
-            kept.append(line)
-        else:
-            dropped += 1
-    if dropped:
-        write_text_atomic(path, "".join(line + "\n" for line in kept))
-    return dropped
+    return filter_jsonl(path, lambda record: isinstance(record, dict)
+                        and record.get("iteration", -1) <= last_iteration)
