@@ -15,6 +15,8 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_ASSETS = REPO.parent / "shared" / "assets" / "maniskill"
+if SHARED_ASSETS.is_dir():  # the offline Bridge assets, read in place (tests of missing assets set their own)
+    os.environ.setdefault("MS_ASSET_DIR", str(SHARED_ASSETS))
 
 
 @pytest.fixture(scope="session")

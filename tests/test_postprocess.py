@@ -18,7 +18,9 @@ from transforms3d.euler import euler2axangle
 from vla_cl.envs.postprocess import (
     GoogleRobotActions,
     GoogleRobotGripper,
+    axis_angle_to_euler,
     bridge_action,
+    bridge_action_inverse,
     bridge_gripper,
     euler_to_axis_angle,
 )
@@ -120,6 +122,26 @@ def test_bridge_action_hand_computed():
 def test_bridge_action_rejects_bad_input(bad):
     with pytest.raises(ValueError):
         bridge_action(bad)
+
+
+def test_axis_angle_to_euler_matches_scipy():
+    rng = np.random.default_rng(0)
+    rotvecs = Rotation.random(200, random_state=1).as_rotvec() * rng.uniform(0.0, 1.0, (200, 1))
+    np.testing.assert_allclose(axis_angle_to_euler(rotvecs), Rotation.from_rotvec(rotvecs).as_euler("xyz"),
+                               atol=1e-9)
+    np.testing.assert_allclose(axis_angle_to_euler(np.zeros(3)), np.zeros(3))
+
+
+def test_demonstrations_go_back_to_openvla_actions_exactly():
+    """What a bridge_orig policy learns from a demonstration decodes back into that demonstration."""
+    rng = np.random.default_rng(2)
+    rpy = rng.uniform(-0.2, 0.2, (50, 3))
+    env_actions = np.concatenate([rng.uniform(-0.03, 0.03, (50, 3)), scipy_rotvec(rpy),
+                                  rng.choice([-1.0, 1.0], (50, 1))], axis=1)
+    model = bridge_action_inverse(env_actions)
+    np.testing.assert_allclose(model[:, 3:6], rpy, atol=1e-6)
+    assert set(np.unique(model[:, 6])) <= {0.0, 1.0} and np.all((model[:, 6] == 1) == (env_actions[:, 6] > 0))
+    np.testing.assert_allclose(bridge_action(model), env_actions, atol=1e-6)
 
 
 def test_bridge_bounds_hold_every_bridge_orig_action():

@@ -30,9 +30,16 @@ asset folder into module constants when first imported; :func:`point_maniskill_a
 these scenes read, so ``MS_ASSET_DIR`` may be set before or after ManiSkill is imported, as long as it
 is set before ``make()``.
 
-Layouts: SimplerEnv's scenes draw each episode's object placement from a fixed list of configurations;
-that list is these tasks' training grid (``layout="grid"``, the only layout they offer). Their
-instruction axis uses the paraphrases below; they have no ``visual="shifted"`` variant.
+Layouts and visuals (:mod:`vla_cl.envs.bridge_layouts`): SimplerEnv's scenes start each episode from a
+fixed list of configurations; that list is these tasks' training grid (``layout="grid"``: seed s starts
+from configuration s mod N), and ``layout="off_grid"`` draws positions between and around its points.
+The instruction axis uses the paraphrases below; ``visual="shifted"`` recolours the greenscreened photo
+and retints the lights.
+
+Camera size: SimplerEnv's protocol renders the 640x480 camera and resizes it to the policy's input.
+``camera_size=W`` renders it W pixels wide instead (height 3/4 of it, the intrinsics scaled: the same
+view), then resizes as usual: 160 px steps ~3x faster on a CPU (``benchmarks/envs.py``). Images made so
+are blurrier than the protocol's and NOT comparable with SimplerEnv's published numbers.
 
 Each episode's objects settle with the robot at its start pose (ManiSkill settles them with the robot
 wherever the previous episode left it), so a seed gives the same start whatever came before.
@@ -62,6 +69,7 @@ from typing import Any
 import numpy as np
 
 from vla_cl.envs.assets import KNOWN_ASSETS, MissingAsset, MissingAssetError, check_assets
+from vla_cl.envs.bridge_layouts import BridgeRestyler, BridgeStarts, restore_configs, use_start
 from vla_cl.envs.maniskill import import_maniskill, make_maniskill, to_numpy
 from vla_cl.envs.registry import EnvOptions, TaskSpec, register
 from vla_cl.envs.wrapper import ActionAdapter, VLAEnv
@@ -79,6 +87,7 @@ TABLE_CENTER_XY = (-0.15, 0.05)  # m; objects lie around (-0.16, 0.0) (sink scen
 TABLE_HALF_SIZE = (0.5, 0.6, 0.05)  # m
 FLOOR_HALF_SIZE = (5.0, 5.0, 0.05)  # m; top at z = 0, catches objects knocked off the stand-in table
 CAMERA_FOCAL_PX, CAMERA_WIDTH_PX = 623.588, 640  # the Bridge camera's (and render camera's) focal length
+CAMERA_CENTRE_PX = (319.501, 239.545)  # its principal point at 640x480
 VISUAL_STAND_IN_COLOR = (0.35, 0.15, 0.45)  # drawn for objects without a visual mesh
 FACTORY = "vla_cl.envs.bridge:make_bridge_task"
 
@@ -160,8 +169,8 @@ for _task in BRIDGE_TASKS:
             paraphrases=_task.paraphrases,
             default_obs_mode="rgb",  # a VLA reads the (greenscreened) camera image, as in SimplerEnv
             action_dataset="bridge_orig",  # WidowX / Bridge: the statistics an OpenVLA checkpoint acts with
-            layouts=("grid",),  # SimplerEnv's own fixed set of episode layouts is these scenes' grid
-            visuals=("default",),
+            layouts=("grid", "off_grid"),  # SimplerEnv's own fixed set of episode layouts is these scenes' grid
+            visuals=("default", "shifted"),
         )
     )
 
@@ -340,7 +349,12 @@ class FillsSceneGaps:
         if self._rest_qpos is not None:
             self.agent.reset(self._rest_qpos)
             self.agent.robot.set_joint_drive_targets(self._rest_qpos, joints=self.agent.robot.active_joints)
-        super()._initialize_episode(env_idx, options)
+        start = options.pop(BridgeStarts.RESET_KEY, None)  # the layout's choice (vla_cl.envs.bridge_layouts)
+        saved = use_start(self, start, options) if start is not None else None
+        try:
+            super()._initialize_episode(env_idx, options)
+        finally:
+            restore_configs(self, saved)
         if self._rest_qpos is None:
             self._rest_qpos = self.agent.robot.get_qpos().clone()
 
@@ -404,6 +418,16 @@ def bridge_instruction(sim) -> str:
     return str(sim.get_language_instruction()[0])
 
 
+def camera_configs(width: int | None) -> dict[str, Any]:
+    """ManiSkill sensor settings for the observation camera ``width`` px wide (None: its native 640x480)."""
+    if width is None:
+        return {}
+    scale = width / CAMERA_WIDTH_PX
+    (cx, cy), focal = CAMERA_CENTRE_PX, CAMERA_FOCAL_PX * scale
+    intrinsic = np.array([[focal, 0.0, cx * scale], [0.0, focal, cy * scale], [0.0, 0.0, 1.0]])
+    return {"sensor_configs": {CAMERA: {"width": width, "height": round(width * 3 / 4), "intrinsic": intrinsic}}}
+
+
 def render_intrinsic(size: int) -> np.ndarray:
     """Pinhole matrix for square ``size`` px render frames with the Bridge camera's horizontal field of view.
 
@@ -442,7 +466,9 @@ def make_bridge_task(spec: TaskSpec, options: EnvOptions) -> VLAEnv:
         render_size=options.render_size,
         human_render_camera_configs=render_camera,
         scene_gaps=gaps,
+        **camera_configs(options.camera_size if options.obs_mode != "state" else None),
     )
+    sim = raw.unwrapped
     return VLAEnv(
         raw,
         spec,
@@ -451,4 +477,6 @@ def make_bridge_task(spec: TaskSpec, options: EnvOptions) -> VLAEnv:
         action_adapter=bridge_action_adapter(),
         instruction_fn=bridge_instruction,
         camera=CAMERA,
+        placement=BridgeStarts(sim.xyz_configs.cpu().numpy(), sim.quat_configs.cpu().numpy()),
+        restyle=BridgeRestyler(CAMERA),
     )

@@ -84,11 +84,13 @@ def recorder(rows: dict[str, list]):
 
 
 def collect_demos(task_id: str, n_episodes: int, *, seed: int = 0, obs_mode: str = "state",
-                  image_size: int = 128, only_success: bool = True, max_attempts: int | None = None,
-                  log: Any = None) -> Demos:
+                  image_size: int = 128, camera_size: int | None = None, only_success: bool = True,
+                  max_attempts: int | None = None, log: Any = None) -> Demos:
     """Roll the task's expert out until ``n_episodes`` are kept (only successful ones by default).
 
     Attempt k starts from seed ``seed + k``; at most ``max_attempts`` (default ``3 * n_episodes``) are made.
+    An episode counts as a success only if the task reported success at one of its steps; failed episodes
+    are kept (with ``only_success=False``) as they were, their ``success`` rows false.
     """
     from vla_cl.envs.experts import ExpertPolicy, make_expert
     from vla_cl.envs.registry import make
@@ -96,7 +98,7 @@ def collect_demos(task_id: str, n_episodes: int, *, seed: int = 0, obs_mode: str
 
     make_expert(task_id)  # fail early, naming the tasks with experts
     max_attempts = max_attempts or 3 * n_episodes
-    env = make(task_id, obs_mode=obs_mode, image_size=image_size)
+    env = make(task_id, obs_mode=obs_mode, image_size=image_size, camera_size=camera_size)
     policy = ExpertPolicy(task_id, env)
     rows: dict[str, list] = {name: [] for name in ("state", "image", *STEP_ARRAYS)}
     kept_seeds, kept_lengths, instructions = [], [], []
@@ -284,13 +286,19 @@ class DemosConfig(RunConfig):
     n: int = option(20, "episodes to keep")
     only_success: bool = option(True, "keep only the expert's successful episodes")
     obs_mode: str = option("state", "observations stored: state, rgb or both")
-    image_size: int = option(128, "side of stored images in pixels (rgb/both)")
+    image_size: int = option(128, "side of stored images in pixels (rgb/both): the policy's input size")
+    camera_size: int | None = option(None, "width the task's camera renders at before images are resized to "
+                                     "image_size (None: the task's own, 640 on the SimplerEnv scenes; e.g. 160 "
+                                     "makes CPU collection ~3x faster, but such images are not SimplerEnv's "
+                                     "protocol)")
     max_attempts: int | None = option(None, "episodes to try at most (default 3 * n)")
 
     def __post_init__(self) -> None:
         require(self.n >= 1, "n", self.n, "an integer >= 1")
         require_choice("obs_mode", self.obs_mode, OBS_MODES)
         require(16 <= self.image_size <= 1024, "image_size", self.image_size, "16..1024")
+        if self.camera_size is not None:
+            require(16 <= self.camera_size <= 1920, "camera_size", self.camera_size, "16..1920 or None")
         if self.max_attempts is not None:
             require(self.max_attempts >= self.n, "max_attempts", self.max_attempts, f"None or >= n ({self.n})")
         from vla_cl.envs.experts import make_expert
@@ -333,17 +341,25 @@ def run(config: DemosConfig, run_dir) -> int:
     remove_stale_temporaries(folder)
     start = time.perf_counter()
     demos = collect_demos(config.task, config.n, seed=config.seed, obs_mode=config.obs_mode,
-                          image_size=config.image_size, only_success=config.only_success,
-                          max_attempts=config.max_attempts, log=run_dir.log)
+                          image_size=config.image_size, camera_size=config.camera_size,
+                          only_success=config.only_success, max_attempts=config.max_attempts, log=run_dir.log)
     save_demos(demos, folder)
+    seconds = round(time.perf_counter() - start, 2)
+    summary = summary_of(config, demos.meta, folder, seconds=seconds)
+    write_json_atomic(run_dir.path / "summary.json", summary)
+    low, high = summary["success_ci95"]
     counts = demos.meta["counts"]
-    write_json_atomic(run_dir.path / "summary.json",
-                      summary_of(config, demos.meta, folder, seconds=round(time.perf_counter() - start, 2)))
     print(f"[demos] {config.task}: kept {counts['episodes']} episodes ({counts['steps']} steps) of "
-          f"{counts['attempts']} attempts, expert success {demos.meta['success_rate']:.0%}, in {folder}")
+          f"{counts['attempts']} attempts, expert success {demos.meta['success_rate']:.0%} (95 % interval "
+          f"{low:.0%}-{high:.0%}); {counts['steps'] / seconds:.1f} steps/s recorded; in {folder}")
     return 0 if counts["episodes"] == config.n else 1
 
 
 def summary_of(config: DemosConfig, meta: dict[str, Any], folder: Path, seconds: float | None) -> dict[str, Any]:
-    return {"task": config.task, **meta["counts"], "success_rate": meta["success_rate"], "seconds": seconds,
-            "folder": str(folder)}
+    from vla_cl.evaluation.stats import wilson_interval
+
+    counts = meta["counts"]
+    successes = round(meta["success_rate"] * counts["attempts"])
+    return {"task": config.task, **counts, "success_rate": meta["success_rate"],
+            "success_ci95": list(wilson_interval(successes, counts["attempts"])), "seconds": seconds,
+            "steps_per_second": None if not seconds else round(counts["steps"] / seconds, 2), "folder": str(folder)}

@@ -28,7 +28,7 @@ No expert (yet) for LiftPegUpright-v1: standing the peg up needs a ~90 degree tu
 ``pd_ee_delta_pose`` turns it ~0.04 rad per step and its IK stalls near 0.9 rad, which does not fit in 50
 steps. Nor for PullCubeTool-v1: the hook must reach past cubes up to x = 0.25 m, the hand (pointing
 down) stalls near x = 0.1 m, and a tool gripped at its end droops and knocks the cube away. The Bridge
-(WidowX) scenes have no scripted experts.
+(WidowX) scenes' experts are in :mod:`vla_cl.envs.bridge_experts`.
 """
 
 from __future__ import annotations
@@ -290,7 +290,18 @@ EXPERTS: dict[str, Callable[[], Expert]] = {
     "maniskill/PushCube-v1": lambda: PushPullExpert("PushCube-v1", direction=1.0),
     "maniskill/PullCube-v1": lambda: PushPullExpert("PullCube-v1", direction=-1.0),
     "maniskill/PokeCube-v1": lambda: PokeCubeExpert("PokeCube-v1"),
+    **{f"simpler/{name}": (lambda env_id=env_id: _bridge_expert(env_id)) for name, env_id in (
+        ("widowx_carrot_on_plate", "PutCarrotOnPlateInScene-v1"),
+        ("widowx_spoon_on_towel", "PutSpoonOnTableClothInScene-v1"),
+        ("widowx_stack_cube", "StackGreenCubeOnYellowCubeBakedTexInScene-v1"),
+        ("widowx_put_eggplant_in_basket", "PutEggplantInBasketScene-v1"))},
 }
+
+
+def _bridge_expert(env_id: str) -> Expert:
+    from vla_cl.envs.bridge_experts import make_bridge_expert
+
+    return make_bridge_expert(env_id)
 
 
 def has_expert(task_id: str) -> bool:

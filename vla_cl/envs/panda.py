@@ -274,7 +274,7 @@ def make_panda_task(spec: TaskSpec, options: EnvOptions) -> VLAEnv:
         obs_mode="none" if options.obs_mode == "state" else "rgb",
         control_mode=CONTROL_MODE,
         render_size=options.render_size,
-        sensor_size=options.image_size if options.obs_mode != "state" else None,
+        sensor_size=(options.camera_size or options.image_size) if options.obs_mode != "state" else None,
         sim_config=sim_config(options.control_freq),
     )
     return VLAEnv(

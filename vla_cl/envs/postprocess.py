@@ -19,6 +19,12 @@ SimplerEnv's OpenVLA evaluation turns them into the env action as follows (``act
   close in that robot's convention), and "sticky": once its magnitude exceeds 0.5 the value is
   repeated for 15 steps, ignoring the model meanwhile (:class:`GoogleRobotGripper`).
 
+The way back (:func:`bridge_action_inverse`, for learning from demonstrations recorded in the env's
+convention with a ``bridge_orig`` checkpoint): xyz as is, the axis-angle vector to static x-y-z Euler
+angles, the gripper's +1 / -1 to openness 1 / 0 (what the Bridge data holds for open / closed). It is exact
+for the rotation (``bridge_action(bridge_action_inverse(a)) == a`` up to float rounding) and for a gripper
+of exactly +-1.
+
 Every function here is pure except :class:`GoogleRobotGripper`, which carries the episode's state.
 """
 
@@ -71,6 +77,26 @@ def euler_to_axis_angle(rpy: Any) -> np.ndarray:
     return v * scale[..., None]
 
 
+def axis_angle_to_euler(rotvec: Any) -> np.ndarray:
+    """Axis-angle vectors (..., 3) -> static x-y-z Euler angles (roll, pitch, yaw) of the same rotation, the
+    inverse of :func:`euler_to_axis_angle` (pitch in [-pi/2, pi/2])."""
+    rotvec = np.asarray(rotvec, dtype=np.float64)
+    if rotvec.ndim == 0 or rotvec.shape[-1] != 3:
+        raise ValueError(f"axis-angle vectors must have 3 entries in the last axis, got {rotvec.shape}")
+    angle = np.linalg.norm(rotvec, axis=-1, keepdims=True)
+    axis = np.where(angle > 1e-12, rotvec / np.maximum(angle, 1e-300), 0.0)
+    k = [axis[..., i] for i in range(3)]
+    c, s = np.cos(angle[..., 0]), np.sin(angle[..., 0])
+    t = 1.0 - c
+    # Rodrigues: the rotation matrix's entries that the x-y-z Euler angles are read from (R = Rz Ry Rx)
+    r00 = c + k[0] * k[0] * t
+    r10 = k[0] * k[1] * t + k[2] * s
+    r20 = k[0] * k[2] * t - k[1] * s
+    r21 = k[1] * k[2] * t + k[0] * s
+    r22 = c + k[2] * k[2] * t
+    return np.stack([np.arctan2(r21, r22), -np.arcsin(np.clip(r20, -1.0, 1.0)), np.arctan2(r10, r00)], axis=-1)
+
+
 def bridge_gripper(openness: Any) -> np.ndarray:
     """OpenVLA's gripper openness in [0, 1] -> the Bridge env's +1 (open) / -1 (close)."""
     return 2.0 * (np.asarray(openness, dtype=np.float64) > GRIPPER_THRESHOLD) - 1.0
@@ -82,6 +108,15 @@ def bridge_action(raw: Any) -> np.ndarray:
     out = np.concatenate(
         [actions[..., :3], euler_to_axis_angle(actions[..., 3:6]), bridge_gripper(actions[..., 6:7])], axis=-1
     )
+    return out.astype(np.float32)
+
+
+def bridge_action_inverse(env_actions: Any) -> np.ndarray:
+    """Bridge env action(s) (..., 7) -> the un-normalised OpenVLA action(s) :func:`bridge_action` maps onto
+    them (see the module docstring), float32."""
+    actions = _as_actions(env_actions, "env action")
+    openness = (actions[..., 6:7] > 0).astype(np.float64)
+    out = np.concatenate([actions[..., :3], axis_angle_to_euler(actions[..., 3:6]), openness], axis=-1)
     return out.astype(np.float32)
 
 
@@ -143,8 +178,14 @@ class GoogleRobotActions:
 # statistics' name in an OpenVLA checkpoint (its ``unnorm_key``). The Google robot's conversion carries
 # per-episode state (``GoogleRobotActions``) and its scenes are not among this library's tasks.
 CONVERSIONS = {"bridge_orig": bridge_action}
+INVERSES = {"bridge_orig": bridge_action_inverse}
 
 
 def conversion_for(dataset: str | None):
     """The post-processing SimplerEnv applies to actions decoded with ``dataset``'s statistics, or None."""
     return CONVERSIONS.get(dataset or "")
+
+
+def inverse_for(dataset: str | None):
+    """The inverse of :func:`conversion_for`'s conversion (env actions -> the model's), or None."""
+    return INVERSES.get(dataset or "")

@@ -31,6 +31,10 @@ class EnvOptions:
                                      "None = the task's default (state; rgb for the SimplerEnv scenes)")
     image_size: int = option(224, "side of the square observation image in pixels (rgb/both)")
     render_size: Optional[int] = option(None, "side of frames from env.render() (videos); None = no render camera")
+    camera_size: Optional[int] = option(None, "width in pixels the observation camera renders at before the image "
+                                        "is resized to image_size (height keeps the camera's aspect); None = the "
+                                        "task's own (640x480 on the SimplerEnv scenes, as their protocol; "
+                                        "image_size on the Panda tasks)")
     control_freq: Optional[int] = option(None, "control frequency in Hz where the backend allows; None = task default")
     max_episode_steps: Optional[int] = option(None, "episode length; None = the task's default")
     privileged_state: bool = option(True, "append object/goal state to proprioception (for CPU-scale policies)")
@@ -53,6 +57,8 @@ class EnvOptions:
         require(16 <= self.image_size <= 1024, "image_size", self.image_size, "16..1024")
         if self.render_size is not None:
             require(16 <= self.render_size <= 1024, "render_size", self.render_size, "16..1024 or None")
+        if self.camera_size is not None:
+            require(16 <= self.camera_size <= 1920, "camera_size", self.camera_size, "16..1920 or None")
         if self.control_freq is not None:
             require(self.control_freq > 0, "control_freq", self.control_freq, "a positive integer or None")
         if self.max_episode_steps is not None:

@@ -19,7 +19,7 @@ in-distribution and instruction axes of an evaluation are paired episode by epis
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -31,6 +31,17 @@ def episode_rng(seed: int | None, stream: int, fallback: np.random.Generator) ->
     """The generator for one kind of variation of the episode started from ``seed`` (``fallback``, the
     env's own generator, for unseeded resets)."""
     return fallback if seed is None else np.random.default_rng([int(seed), stream])
+
+
+class Placing(Protocol):
+    """How a task puts its objects where ``layout`` says, in two steps around the backend's reset."""
+
+    def reset_options(self, sim: Any, layout: str, seed: int | None, rng: np.random.Generator
+                      ) -> tuple[dict[str, Any], str | None]:
+        """Options for the backend's reset, and the start's name (None: a continuous draw)."""
+
+    def apply(self, sim: Any, layout: str, rng: np.random.Generator) -> bool:
+        """Move the freshly reset scene's objects; whether anything moved."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,8 +86,15 @@ class Placement:
     region: Region
     followers: tuple[str, ...] = ()
 
-    def apply(self, sim: Any, layout: str, rng: np.random.Generator) -> np.ndarray:
-        """Move the objects for this episode; returns the anchor's new xy."""
+    # The wrapper's placement interface (vla_cl.envs.wrapper.VLAEnv): nothing to ask of the backend's reset
+    # (the simulator draws as usual, and the episode's other draws keep it continuous: no named start) ...
+    def reset_options(self, sim: Any, layout: str, seed: int | None, rng: np.random.Generator
+                      ) -> tuple[dict[str, Any], str | None]:
+        return {}, None
+
+    # ... then the drawn scene is moved.
+    def apply(self, sim: Any, layout: str, rng: np.random.Generator) -> bool:
+        """Move the objects for this episode; returns True (the scene changed)."""
         import torch
 
         points = self.region.points(layout)
@@ -85,7 +103,7 @@ class Placement:
         offset = torch.as_tensor(target, dtype=anchor.pose.p.dtype) - anchor.pose.p[0, :2]
         for name in (self.anchor, *self.followers):
             shift_actor(getattr(sim, name), offset)
-        return target
+        return True
 
 
 def shift_actor(actor: Any, offset_xy: Any) -> None:
@@ -98,21 +116,13 @@ def shift_actor(actor: Any, offset_xy: Any) -> None:
     actor.set_pose(Pose.create_from_pq(position, pose.q))
 
 
-class TableRestyler:
-    """The ``visual="shifted"`` appearance of a ManiSkill table-top scene, drawn per episode: the table
-    loses its wood texture and takes a random colour, the ambient light is scaled by a factor in
-    [0.4, 1.6] and each directional light gets a random tint and intensity (each channel scaled by a
-    factor in [0.5, 1.5]). The scene's original lights are remembered, so episodes do not compound."""
+class LightRetinter:
+    """Redraws a ManiSkill scene's lighting per episode: the ambient light is scaled by a factor in
+    [0.4, 1.6] and each directional light gets a random tint and intensity (each channel scaled by a factor
+    in [0.5, 1.5]). The scene's original lights are remembered, so episodes do not compound."""
 
     def __init__(self) -> None:
         self._original: dict[str, Any] | None = None
-
-    @staticmethod
-    def _parts(sim: Any) -> list:
-        import sapien
-
-        body = sim.table_scene.table._objs[0].find_component_by_type(sapien.render.RenderBodyComponent)
-        return [part for shape in body.render_shapes for part in getattr(shape, "parts", [shape])]
 
     @staticmethod
     def _lights(sim: Any) -> list:
@@ -121,18 +131,33 @@ class TableRestyler:
         kind = sapien.render.RenderDirectionalLightComponent
         return [c for sub in sim.scene.sub_scenes for e in sub.entities for c in e.components if isinstance(c, kind)]
 
-    def __call__(self, sim: Any, rng: np.random.Generator) -> None:
+    def retint(self, sim: Any, rng: np.random.Generator) -> None:
         subs, lights = sim.scene.sub_scenes, self._lights(sim)
         if self._original is None:
             self._original = {"ambient": [np.array(s.ambient_light) for s in subs],
                               "lights": [np.array(light.color) for light in lights]}
-        colour = rng.uniform(0.05, 0.95, size=3)
-        for part in self._parts(sim):
-            material = part.material
-            material.base_color_texture = None
-            material.base_color = [*colour.tolist(), 1.0]
         scale = rng.uniform(0.4, 1.6)
         for sub, ambient in zip(subs, self._original["ambient"]):
             sub.ambient_light = (ambient * scale).tolist()
         for light, original in zip(lights, self._original["lights"]):
             light.color = (original * rng.uniform(0.5, 1.5, size=3)).tolist()
+
+
+class TableRestyler(LightRetinter):
+    """The ``visual="shifted"`` appearance of a ManiSkill table-top scene, drawn per episode: the table
+    loses its wood texture and takes a random colour, and the lights are retinted (:class:`LightRetinter`)."""
+
+    @staticmethod
+    def _parts(sim: Any) -> list:
+        import sapien
+
+        body = sim.table_scene.table._objs[0].find_component_by_type(sapien.render.RenderBodyComponent)
+        return [part for shape in body.render_shapes for part in getattr(shape, "parts", [shape])]
+
+    def __call__(self, sim: Any, rng: np.random.Generator) -> None:
+        colour = rng.uniform(0.05, 0.95, size=3)
+        for part in self._parts(sim):
+            material = part.material
+            material.base_color_texture = None
+            material.base_color = [*colour.tolist(), 1.0]
+        self.retint(sim, rng)

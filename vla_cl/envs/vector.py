@@ -52,6 +52,7 @@ class Episode:
     truncated: bool
     clipped_actions: int  # out-of-range actions the env clipped
     instruction: str = ""
+    initial_state: str | None = None  # the named start (info["initial_state"] at reset), None: a continuous draw
 
 
 @dataclasses.dataclass
@@ -176,7 +177,7 @@ def rollout(
         for slot, k in zip(take, indices):
             obs, info = results[slot]
             current[slot] = Episode(k, seed + k, bool(info.get("success", False)), 0.0, 0, False, False, 0,
-                                    str(obs["instruction"]))
+                                    str(obs["instruction"]), info.get("initial_state"))
             if hasattr(policy, "reset"):
                 policy.reset(slot)
             if on_reset is not None:

@@ -15,10 +15,13 @@ training and evaluation truncate identically whatever wrappers the backend's ``g
 NaN/inf actions raise ValueError; out-of-range actions are clipped or refused (``EnvOptions.out_of_range``)
 and counted in ``info["clipped_actions"]`` (per episode) and :attr:`VLAEnv.clipped_actions`.
 
-Variations (``EnvOptions.layout``, ``instruction``, ``visual``; :mod:`vla_cl.envs.variation`): after the
-backend's reset the task's ``placement`` moves the manipulated object onto (or off) the training grid,
-the instruction may be replaced by one of the task's held-out paraphrases, and ``restyle`` may change the
-scene's appearance, each drawn from its own stream of the episode's seed.
+Variations (``EnvOptions.layout``, ``instruction``, ``visual``; :mod:`vla_cl.envs.variation`): the task's
+``placement`` chooses where its objects start (before the backend's reset, where the backend builds the
+start itself, as the Bridge scenes do, and by moving the drawn scene after it, as the Panda tasks do), the
+instruction may be replaced by one of the task's held-out paraphrases, and ``restyle`` may change the
+scene's appearance, each drawn from its own stream of the episode's seed. A layout with a finite set of
+starts names each episode's in the reset's ``info["initial_state"]`` (None: a continuous draw, every
+episode's start its own).
 
 Seeding: ``reset(seed=s)`` places the scene exactly as any other env of the task does with ``s``
 (``EnvOptions.seed`` seeds the first reset when none is given). The same actions then give the same
@@ -39,7 +42,7 @@ import numpy as np
 
 from vla_cl.envs.maniskill import render_frame, to_numpy
 from vla_cl.envs.registry import EnvOptions, TaskSpec
-from vla_cl.envs.variation import INSTRUCTION_STREAM, LAYOUT_STREAM, VISUAL_STREAM, Placement, episode_rng
+from vla_cl.envs.variation import INSTRUCTION_STREAM, LAYOUT_STREAM, VISUAL_STREAM, Placing, episode_rng
 
 ACTION_DIM = 7
 ACTION_NAMES = ("x", "y", "z", "roll", "pitch", "yaw", "gripper")
@@ -139,7 +142,7 @@ class VLAEnv(gym.Env):
         instruction_fn: InstructionFn | None = None,
         image_fn: ImageFn | None = None,
         camera: str | None = None,
-        placement: Placement | None = None,
+        placement: Placing | None = None,
         restyle: RestyleFn | None = None,
         after_reset: Callable[[Any], Any] | None = None,
     ):
@@ -168,6 +171,7 @@ class VLAEnv(gym.Env):
         self.total_clipped_actions = 0  # ... since the env was created
         self.elapsed_steps = 0
         self.instruction = spec.instruction
+        self.initial_state: str | None = None  # the named start of this episode, if its layout has a finite set
         self._next_seed = options.seed
         self.observation_space = self._build_observation_space()
 
@@ -251,7 +255,13 @@ class VLAEnv(gym.Env):
         else:
             self._next_seed = None
         super().reset(seed=seed)
-        raw_obs, raw_info = self.sim.reset(seed=seed, options=options)
+        backend_options = dict(options or {})
+        self.initial_state = None
+        if self._places_objects:  # a start the backend must build (it settles the objects where they start)
+            asked, self.initial_state = self.placement.reset_options(
+                self.sim, self.options.layout, seed, episode_rng(seed, LAYOUT_STREAM, self.np_random))
+            backend_options.update(asked)
+        raw_obs, raw_info = self.sim.reset(seed=seed, options=backend_options or None)
         if self.after_reset is not None:  # a reconfiguring reset rebuilds the robot and its controllers
             self.after_reset(self.sim)
         if self._vary_scene(seed):  # the backend's observation and info describe the scene before the change
@@ -260,15 +270,20 @@ class VLAEnv(gym.Env):
         self.clipped_actions = 0
         self.instruction = self._episode_instruction(seed)
         info = plain(raw_info)
-        info.update(success=bool(info.get("success", False)), clipped_actions=0, elapsed_steps=0)
+        info.update(success=bool(info.get("success", False)), clipped_actions=0, elapsed_steps=0,
+                    initial_state=self.initial_state)
         return self._observation(raw_obs), info
+
+    @property
+    def _places_objects(self) -> bool:
+        return self.placement is not None and self.options.layout != "random"
 
     def _vary_scene(self, seed: int | None) -> bool:
         """Apply the layout and visual options to the freshly reset scene; True if anything moved or changed."""
         changed = False
-        if self.placement is not None and self.options.layout != "random":
-            self.placement.apply(self.sim, self.options.layout, episode_rng(seed, LAYOUT_STREAM, self.np_random))
-            changed = True
+        if self._places_objects:
+            changed = self.placement.apply(self.sim, self.options.layout,
+                                           episode_rng(seed, LAYOUT_STREAM, self.np_random))
         if self.options.visual == "shifted":
             self.restyle(self.sim, episode_rng(seed, VISUAL_STREAM, self.np_random))
             changed = True

@@ -35,6 +35,15 @@ class CellResult:
     lengths: list[int] = dataclasses.field(default_factory=list)
     returns: list[float] = dataclasses.field(default_factory=list)
     not_applicable: str = ""  # the reason, when the axis does not apply to the policy
+    # each episode's named start (a task whose layout has a finite set of starts), None for a continuous draw
+    initial_states: list[str | None] = dataclasses.field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.initial_states:
+            self.initial_states = [None] * len(self.successes)
+        if len(self.initial_states) != len(self.successes):
+            raise ValueError(f"{self.task}/{self.axis}: {len(self.initial_states)} initial states for "
+                             f"{len(self.successes)} episodes")
 
     @property
     def applicable(self) -> bool:
@@ -52,25 +61,36 @@ class CellResult:
     def interval(self) -> tuple[float, float]:
         return wilson_interval(int(np.sum(self.successes)), self.episodes)
 
+    @property
+    def distinct_initial_states(self) -> int:
+        """How many different starts the episodes covered: each named start once, each continuous draw apart.
+        Fewer than ``episodes`` means starts repeated (the Bridge scenes have 24-64): the interval is then over
+        episodes, i.e. the policy's own randomness and the draw of starts from the task's finite set, not
+        over that many distinct situations."""
+        named = {s for s in self.initial_states if s is not None}
+        return len(named) + sum(s is None for s in self.initial_states)
+
     def summary(self) -> dict[str, Any]:
         if not self.applicable:
             return {"task": self.task, "axis": self.axis, "applicable": False, "reason": self.not_applicable}
         low, high = self.interval
         return {
             "task": self.task, "axis": self.axis, "applicable": True, "episodes": self.episodes,
+            "distinct_initial_states": self.distinct_initial_states,
             "success_rate": self.success_rate, "ci95": [low, high],
             "mean_length": float(np.mean(self.lengths)), "mean_return": float(np.mean(self.returns)),
         }
 
     def to_dict(self) -> dict[str, Any]:
         return {**self.summary(), "seeds": self.seeds, "successes": [bool(s) for s in self.successes],
-                "lengths": self.lengths, "returns": self.returns}
+                "lengths": self.lengths, "returns": self.returns, "initial_states": self.initial_states}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CellResult:
         return cls(data["task"], data["axis"], list(data.get("seeds", [])), [bool(s) for s in data.get("successes", [])],
                    list(data.get("lengths", [])), list(data.get("returns", [])),
-                   "" if data.get("applicable", True) else data.get("reason", "not applicable"))
+                   "" if data.get("applicable", True) else data.get("reason", "not applicable"),
+                   list(data.get("initial_states", [])))
 
 
 @dataclasses.dataclass
@@ -115,9 +135,9 @@ class SuiteResult:
         """Success per task (rows) and axis (columns) with Wilson intervals, then lengths and returns."""
         axes = self.axes
         lines = [f"# {self.suite.get('name', 'suite')}: {self.policy}", "",
-                 (f"Success rate (Wilson 95 % interval) over {self._episodes_note()}; "
+                 (f"Success rate (Wilson 95 % interval over the cell's episodes) over {self._episodes_note()}; "
                  f"{'greedy' if self.suite.get('greedy') else 'sampled at temperature ' + str(self.suite.get('temperature'))}"
-                 " actions."), "",
+                 " actions."), *self._starts_note(), "",
                  "| task | " + " | ".join(axes) + " |", "|---|" + "---|" * len(axes)]
         for task in self.tasks:
             row = []
@@ -141,6 +161,15 @@ class SuiteResult:
                            else f"{np.mean(cell.lengths):.1f} / {np.mean(cell.returns):.2f}")
             lines.append(f"| {task} | " + " | ".join(row) + " |")
         return "\n".join(lines) + "\n"
+
+    def _starts_note(self) -> list[str]:
+        """A line when some cell's episodes repeated starts: how many distinct ones each covered."""
+        repeated = [c for c in self.cells.values() if c.applicable and c.distinct_initial_states < c.episodes]
+        if not repeated:
+            return []
+        counts = ", ".join(f"{c.task} / {c.axis} {c.distinct_initial_states}" for c in repeated)
+        return ["", "Some cells repeated starts (tasks with a finite set of initial states): the interval is over "
+                f"episodes, which covered these numbers of distinct initial states: {counts}."]
 
     def _episodes_note(self) -> str:
         counts = sorted({c.episodes for c in self.cells.values() if c.applicable})
