@@ -84,6 +84,22 @@ def test_a_result_has_every_cell_with_its_interval_and_round_trips(tmp_path):
     env.close()
 
 
+def test_a_cell_counts_the_distinct_starts_its_episodes_covered():
+    from vla_cl.evaluation.results import CellResult, SuiteResult
+
+    repeated = CellResult("simpler/x", "in_distribution", list(range(6)), [True, False] * 3, [5] * 6, [0.0] * 6,
+                          initial_states=["config 0", "config 1", "config 0", "config 1", "config 2", "config 0"])
+    continuous = CellResult("simpler/x", "position", list(range(6)), [True] * 6, [5] * 6, [0.0] * 6)
+    assert repeated.distinct_initial_states == 3 and continuous.distinct_initial_states == 6
+    assert repeated.summary()["distinct_initial_states"] == 3
+    assert CellResult.from_dict(repeated.to_dict()).initial_states == repeated.initial_states
+    text = SuiteResult({"name": "s"}, "p", {("simpler/x", "in_distribution"): repeated,
+                                             ("simpler/x", "position"): continuous}).markdown()
+    assert "simpler/x / in_distribution 3" in text and "position 6" not in text
+    with pytest.raises(ValueError, match="initial states for"):
+        CellResult("t", "a", [0, 1], [True, True], [1, 1], [0.0, 0.0], initial_states=["x"])
+
+
 def test_the_visual_axis_runs_for_a_policy_that_reads_images():
     from vla_cl.policies import get_policy_class, make_policy
     from vla_cl.tokenizer import ActionTokenizer
@@ -142,8 +158,11 @@ def test_bad_suites_are_refused_naming_the_field():
         SuiteConfig(tasks=[PUSH], axes=["lighting"])
     with pytest.raises(ValueError, match="episodes"):
         SuiteConfig(tasks=[PUSH], episodes=0)
-    with pytest.raises(ValueError, match="axis 'position' cannot run on simpler/widowx_carrot_on_plate"):
-        SuiteConfig(tasks=["simpler/widowx_carrot_on_plate"], axes=["position"])
+    from vla_cl.envs.registry import TaskSpec, register
+
+    register(TaskSpec("toy/grid_only", "x:y", "x", "do it", 5, paraphrases=("a", "b", "c"), layouts=("grid",)))
+    with pytest.raises(ValueError, match="axis 'position' cannot run on toy/grid_only"):
+        SuiteConfig(tasks=["toy/grid_only"], axes=["position"])
     with pytest.raises(ValueError, match="layout, instruction and visual come from the axes"):
         SuiteConfig(tasks=[{"task": PUSH, "options": {"layout": "random"}}])
     with pytest.raises(ValueError, match="seeds"):

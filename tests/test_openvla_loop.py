@@ -45,6 +45,36 @@ def test_a_bridge_orig_checkpoint_acts_in_simplerenvs_convention(tmp_path):
     np.testing.assert_allclose(plain.actions, other.tokenizer.unnormalize(plain.normalized), atol=1e-6)
 
 
+def test_a_warmed_up_pi0_is_the_reference_of_the_next_adapters(tmp_path):
+    """Fine-tuning from a LoRA warm-up merges its adapters: with the new adapters disabled the policy computes the
+    warmed-up pi0 (not the checkpoint it was warmed up from), and a saved run rebuilds itself through pi0's folder."""
+    obs = ObsBatch(["put carrot on plate"] * 3, image=torch.randint(0, 256, (3, 28, 28, 3), dtype=torch.uint8))
+    tokens = torch.randint(256, 512, (3, 7))
+    base = bridge_policy(seed=1)
+    base_logits = base.action_logits(obs, tokens)
+    base.add_lora(rank=4)
+    with torch.no_grad():  # a warm-up that moved the adapters off zero
+        for name, p in base.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5, generator=torch.Generator().manual_seed(len(name)))
+    warm = load_policy(base.save_pretrained(tmp_path / "warm"))
+    warm_logits = warm.action_logits(obs, tokens)
+    assert (warm_logits - base_logits).abs().max() > 1e-3  # the warm-up changed the policy
+    warm.prepare_finetuning(lora_rank=2)
+    assert warm.config_dict()["base"] == {"kind": "merged", "name_or_path": str((tmp_path / "warm").resolve())}
+    with warm.reference():
+        torch.testing.assert_close(warm.action_logits(obs, tokens), warm_logits, atol=1e-5, rtol=1e-5)
+    with torch.no_grad():
+        for name, p in warm.named_parameters():
+            if "lora_B" in name:
+                p.add_(0.3)
+    tuned = warm.action_logits(obs, tokens)
+    again = load_policy(warm.save_pretrained(tmp_path / "tuned"))
+    torch.testing.assert_close(again.action_logits(obs, tokens), tuned, atol=1e-5, rtol=1e-5)
+    with again.reference():
+        torch.testing.assert_close(again.action_logits(obs, tokens), warm_logits, atol=1e-5, rtol=1e-5)
+
+
 def test_refusals_before_any_episode(tmp_path, capsys, monkeypatch):
     folder = bridge_policy().save_pretrained(tmp_path / "ckpt")
     common = [f"task={CARROT}", "iterations=1", f"out_dir={tmp_path / 'run'}"]

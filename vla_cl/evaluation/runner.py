@@ -204,7 +204,8 @@ def run_job(policy: Any, info: PolicyInfo, suite: SuiteConfig, job: Job, on_epis
     finally:
         env.close()
     return CellResult(job.task, job.axis, [e.seed for e in episodes], [bool(e.success) for e in episodes],
-                      [int(e.length) for e in episodes], [float(e.ret) for e in episodes])
+                      [int(e.length) for e in episodes], [float(e.ret) for e in episodes],
+                      initial_states=[e.initial_state for e in episodes])
 
 
 # ------------------------------------------------------------------------------------------ worker processes
@@ -236,10 +237,13 @@ def _worker_job(policy_ref: str, info: PolicyInfo, suite_dict: dict, job: Job) -
 class Evaluator:
     """Evaluates policies on one suite, with ``workers`` processes kept alive between policies."""
 
-    def __init__(self, suite: SuiteConfig, *, workers: int = 1, progress: bool = True):
+    def __init__(self, suite: SuiteConfig, *, workers: int = 1, progress: bool = True, device: str = "cpu"):
         if workers < 1:
             raise ValueError(f"invalid value for workers: {workers!r} (allowed: an integer >= 1)")
-        self.suite, self.workers, self.progress = suite, workers, progress
+        self.suite, self.workers, self.progress, self.device = suite, workers, progress, device
+        # a policy on an accelerator is loaded once, in this process (its jobs batch through suite.num_envs)
+        if device != "cpu":
+            self.workers = 1
         self._pool: ProcessPoolExecutor | None = None
 
     def _executor(self) -> ProcessPoolExecutor:
@@ -264,7 +268,7 @@ class Evaluator:
     def __call__(self, policy: Any, out_dir: str | Path | None = None, label: str | None = None) -> SuiteResult:
         start = time.perf_counter()
         suite = self.suite
-        runnable, info = resolve_policy(policy)
+        runnable, info = resolve_policy(policy, self.device)
         if label:
             info = dataclasses.replace(info, label=label)
         check_policy(policy, info, suite)
@@ -299,7 +303,8 @@ class Evaluator:
                 blocks = [done[Job(entry.task, axis, b)] for b in range(len(suite.seeds))]
                 cells[(entry.task, axis)] = CellResult(
                     entry.task, axis, [s for c in blocks for s in c.seeds], [s for c in blocks for s in c.successes],
-                    [n for c in blocks for n in c.lengths], [r for c in blocks for r in c.returns])
+                    [n for c in blocks for n in c.lengths], [r for c in blocks for r in c.returns],
+                    initial_states=[s for c in blocks for s in c.initial_states])
         result = SuiteResult(suite.to_dict(), info.label, cells, time.perf_counter() - start)
         if out_dir is not None:
             result.write(out_dir)
@@ -324,14 +329,15 @@ class Evaluator:
                 shutil.rmtree(staging, ignore_errors=True)
 
 
-def resolve_policy(policy: Any) -> tuple[Any, PolicyInfo]:
-    """The runnable policy (``expert``, ``random`` or a Policy; a checkpoint folder is loaded) and its info."""
+def resolve_policy(policy: Any, device: str = "cpu") -> tuple[Any, PolicyInfo]:
+    """The runnable policy (``expert``, ``random`` or a Policy; a checkpoint folder is loaded onto ``device``)
+    and its info."""
     if isinstance(policy, str) and policy in BUILTIN:
         return policy, describe_policy(policy)
     if isinstance(policy, (str, Path)):
-        from vla_cl.policies import load_policy
+        from vla_cl.policies.registry import load_policy_on
 
-        loaded = load_policy(policy).eval()
+        loaded = load_policy_on(policy, device).eval()
         return loaded, dataclasses.replace(describe_policy(loaded), label=str(policy))
     return policy, describe_policy(policy)
 
@@ -364,7 +370,8 @@ def _read_finished(out_dir: str | Path, suite: SuiteConfig, info: PolicyInfo) ->
 
 
 def evaluate(policy: Any, suite: SuiteConfig, *, out_dir: str | Path | None = None, workers: int = 1,
-             progress: bool = True, label: str | None = None) -> SuiteResult:
-    """Evaluate one policy on ``suite`` (see the module docstring); ``workers`` processes run its jobs."""
-    with Evaluator(suite, workers=workers, progress=progress) as evaluator:
+             progress: bool = True, label: str | None = None, device: str = "cpu") -> SuiteResult:
+    """Evaluate one policy on ``suite`` (see the module docstring); ``workers`` processes run its jobs (on the
+    CPU; a policy on another ``device`` runs its jobs in this process)."""
+    with Evaluator(suite, workers=workers, progress=progress, device=device) as evaluator:
         return evaluator(policy, out_dir=out_dir, label=label)

@@ -145,6 +145,14 @@ class SuiteConfig:
         fields["tasks"] = [t if isinstance(t, (dict, SuiteTask)) else {"task": t} for t in fields["tasks"]]
         return SuiteConfig(**fields)
 
+    def with_task_options(self, options: dict[str, Any]) -> SuiteConfig:
+        """A copy whose every task also runs with ``options`` (they win over the task's own): settings a whole
+        experiment shares with its training runs, such as the camera size."""
+        if not options:
+            return self
+        tasks = [{"task": t.task, "options": {**t.options, **options}} for t in self.tasks]
+        return self.replace(tasks=tasks)
+
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         out["tasks"] = [{"task": t.task, "options": dict(t.options)} for t in self.tasks]

@@ -118,10 +118,13 @@ def collect_activations(
     modules: Sequence[str] | Mapping[str, nn.Module],
     batches: Iterable[Any],
     forward: Callable[[Any], Any] | None = None,
+    pool_tokens: bool = False,
 ) -> dict[str, torch.Tensor]:
     """Outputs of ``modules`` (names in ``model.named_modules()`` or name -> module) over ``batches``,
     concatenated along dim 0. ``forward(batch)`` runs the model (default ``model(batch)``). A module that
-    returns a tuple (e.g. a transformer block) contributes its first element."""
+    returns a tuple (e.g. a transformer block) contributes its first element. ``pool_tokens``: an output
+    with dims between the batch and the features (token positions) is averaged over them, (B, ..., H) ->
+    (B, H), so a sequence model's representations cost one vector per input (kept on the CPU)."""
     if not isinstance(modules, Mapping):
         named = dict(model.named_modules())
         missing = [name for name in modules if name not in named]
@@ -136,7 +139,10 @@ def collect_activations(
     def hook_for(name: str):
         def hook(_module, _inputs, output):
             output = output[0] if isinstance(output, (tuple, list)) else output
-            captured[name].append(output.detach().float())
+            output = output.detach().float()
+            if pool_tokens and output.ndim > 2:
+                output = output.mean(dim=tuple(range(1, output.ndim - 1))).cpu()
+            captured[name].append(output)
 
         return hook
 

@@ -189,6 +189,14 @@ class Policy(nn.Module, abc.ABC):
                              f"unexpected {unexpected}")
         return grown
 
+    def representation_modules(self) -> list[str]:
+        """Names of the modules whose outputs are this policy's internal representations (the activation
+        and CKA predictors compare them with pi0's): by default every activation function outside the value
+        head."""
+        kinds = (nn.ReLU, nn.GELU, nn.SiLU, nn.Tanh)
+        return [name for name, module in self.named_modules()
+                if isinstance(module, kinds) and not name.startswith("critic")]
+
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
 
@@ -236,10 +244,12 @@ class Policy(nn.Module, abc.ABC):
         return reads, config.get("image_size"), int(saved.get("action_dim", 7))
 
     @classmethod
-    def load_options(cls, task: Any, device: str) -> dict[str, Any]:
-        """Options for ``from_pretrained`` when a checkpoint is loaded to fine-tune on ``task`` (a
-        ``vla_cl.envs.TaskSpec``) on ``device``: nothing for the small policies (they load on the CPU and
-        move); OpenVLA picks the task's action statistics and loads straight onto a GPU in bf16."""
+    def load_options(cls, task: Any, device: str, folder: str | Path | None = None) -> dict[str, Any]:
+        """Options for ``from_pretrained`` when the checkpoint ``folder`` is loaded to fine-tune on ``task`` (a
+        ``vla_cl.envs.TaskSpec``, or None: to act as saved) on ``device``: nothing for the small policies (they
+        load on the CPU and move); OpenVLA picks the task's action statistics for a checkpoint in its own layout
+        (one of this library's fine-tuning checkpoints acts with the statistics it was trained with) and loads
+        straight onto a GPU in bf16."""
         return {}
 
     def add_instruction(self, text: str, init_from: str | None = None) -> list[str]:
@@ -372,6 +382,11 @@ class Policy(nn.Module, abc.ABC):
         """The un-normalised decoded actions (B, D) in the environment's convention. The identity, unless
         the checkpoint's action statistics come from a dataset whose actions need converting (OpenVLA with
         ``bridge_orig``: SimplerEnv's post-processing)."""
+        return actions
+
+    def policy_actions(self, actions: np.ndarray) -> np.ndarray:
+        """The inverse of :meth:`env_actions`: actions (N, D) in the environment's convention (demonstrations)
+        as the policy's own un-normalised actions, the ones its tokenizer encodes."""
         return actions
 
     def _decode_tokens(

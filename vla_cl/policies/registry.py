@@ -100,6 +100,12 @@ def load_policy(folder: str | Path, **options: Any) -> Policy:
     return get_policy_class(checkpoint_policy_name(folder)).from_pretrained(folder, **options)
 
 
+def load_policy_on(folder: str | Path, device: str = "cpu") -> Policy:
+    """Load any saved policy to act as saved, on ``device`` (OpenVLA-7B straight onto a GPU in bf16)."""
+    cls = get_policy_class(checkpoint_policy_name(folder))
+    return cls.from_pretrained(folder, **cls.load_options(None, device)).to(device)
+
+
 def save_policy(policy: Policy, folder: str | Path, **options: Any) -> Path:
     """Save any policy in its checkpoint format (``policy.save_pretrained``); returns the folder."""
     return Path(policy.save_pretrained(folder, **options))

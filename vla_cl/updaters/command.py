@@ -53,6 +53,8 @@ class TrainConfig(LoopConfig, RunConfig):
     num_envs: int = option(4, "envs stepped together when collecting episodes")
     processes: bool = option(False, "one worker process per env instead of stepping them in-process")
     max_episode_steps: int | None = option(None, "episode length for training and evaluation (None = task default)")
+    camera_size: int | None = option(None, "width the task's camera renders at before images are resized to the "
+                                     "policy's input (None: the task's own; see vla_cl.envs.EnvOptions)")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -69,7 +71,9 @@ class TrainConfig(LoopConfig, RunConfig):
         require(self.num_envs >= 1, "num_envs", self.num_envs, "an integer >= 1")
         if self.max_episode_steps is not None:
             require(self.max_episode_steps >= 1, "max_episode_steps", self.max_episode_steps, "None or >= 1")
-        action_dim, reads = self._check_policy()
+        if self.camera_size is not None:
+            require(16 <= self.camera_size <= 1920, "camera_size", self.camera_size, "16..1920 or None")
+        action_dim, reads, side = self._check_policy()
         require(source == "teacher" or self.teacher is None, "teacher", self.teacher,
                 f"None: updater {self.updater.name!r} does not learn from a teacher")
         require(source != "teacher" or self.teacher is not None, "teacher", self.teacher,
@@ -82,28 +86,28 @@ class TrainConfig(LoopConfig, RunConfig):
                 f"a demonstration folder (`vla-cl demos task={self.task} ...`): updater "
                 f"{self.updater.name!r} learns from demonstrations")
         if self.demos is not None:
-            self._check_demos(action_dim, reads)
+            self._check_demos(action_dim, reads, side)
 
     def updater_config(self):
         return config_from_options(self.updater)
 
-    def _check_policy(self) -> tuple[int, set[str]]:
-        """Validate policy/init; returns pi0's action dimension and the observations it reads."""
+    def _check_policy(self) -> tuple[int, set[str], int | None]:
+        """Validate policy/init; returns pi0's action dimension, the observations it reads and its image side."""
         from vla_cl.policies import get_policy_class, list_policies
 
         if self.policy is not None:
             require_choice("policy", self.policy, list_policies())
         if self.init is None:
             try:
-                reads, _ = get_policy_class(self.policy or "state_token").fresh_observations(self.policy_preset)
+                reads, side = get_policy_class(self.policy or "state_token").fresh_observations(self.policy_preset)
             except ValueError as error:
                 raise _invalid("policy", error) from None
-            return 7, set(reads)
-        name, reads, _, action_dim = describe_init("init", self.init)
+            return 7, set(reads), side
+        name, reads, side, action_dim = describe_init("init", self.init)
         require(self.policy in (None, name), "policy", self.policy, f"None or {name!r}, the policy in init")
-        return action_dim, set(reads)
+        return action_dim, set(reads), side
 
-    def _check_demos(self, action_dim: int, reads: set[str]) -> None:
+    def _check_demos(self, action_dim: int, reads: set[str], side: int | None) -> None:
         from vla_cl.envs.demos import load_demos
 
         try:
@@ -120,6 +124,16 @@ class TrainConfig(LoopConfig, RunConfig):
         require(not missing, "demos", self.demos, f"demonstrations with the {' and '.join(sorted(reads))} "
                 f"observations the policy reads (these have obs_mode={demos.meta.get('obs_mode')}; record them "
                 f"with `vla-cl demos obs_mode=...`)")
+        if "image" in reads:
+            recorded_side = int(demos.arrays["image"].shape[1])
+            require(recorded_side == side, "demos", self.demos,
+                    f"images at the policy's input size {side} px (these were recorded at {recorded_side} px: "
+                    f"record them again with `vla-cl demos image_size={side}`)")
+            camera = (demos.meta.get("env_options") or {}).get("camera_size")
+            require(camera == self.camera_size, "demos", self.demos,
+                    f"images rendered at this run's camera_size={self.camera_size} (these were rendered at "
+                    f"camera_size={camera}: pass camera_size={camera}, or record them again with "
+                    f"`vla-cl demos camera_size={self.camera_size}`)")
 
 
 def _checkpoint_config(field: str, folder: str) -> tuple[str, dict[str, Any]]:
@@ -226,7 +240,7 @@ def _words(text: str) -> list[str]:
 def make_env(config: TrainConfig, obs_mode: str, side: int):
     from vla_cl.envs.vector import make_vector
 
-    options: dict[str, Any] = {"obs_mode": obs_mode, "image_size": side}
+    options: dict[str, Any] = {"obs_mode": obs_mode, "image_size": side, "camera_size": config.camera_size}
     if config.max_episode_steps is not None:
         options["max_episode_steps"] = config.max_episode_steps
     return make_vector(config.task, config.num_envs, processes=config.processes, **options)
@@ -248,7 +262,7 @@ def run(config: TrainConfig, run_dir: RunDir) -> int:
     def load(field: str, init: str):
         folder = resolve_init(field, init)
         name = describe_init(field, folder)[0]
-        return load_policy(folder, **get_policy_class(name).load_options(spec, config.device))
+        return load_policy(folder, **get_policy_class(name).load_options(spec, config.device, folder))
 
     teacher = load("teacher", config.teacher) if config.teacher else None
     demos = load_demos(config.demos) if config.demos else None

@@ -227,7 +227,7 @@ class DemoStream:
         state = torch.as_tensor(arrays["state"]) if "state" in arrays else None
         image = torch.as_tensor(arrays["image"]) if "image" in arrays else None
         self.obs = ObsBatch(instructions, state, image)
-        normalized = policy.tokenizer.normalize(arrays["action"])
+        normalized = policy.tokenizer.normalize(policy.policy_actions(arrays["action"]))
         self.tokens = torch.as_tensor(policy.tokenizer.encode(normalized))
         self.n, self.batch_size, self.seed = n, batch_size, seed
 

@@ -185,6 +185,7 @@ class OpenVLAPolicy(Policy):
         # fine-tuning checkpoint stores only the adapters and the value head, and rebuilds the rest from these.
         self.base_source: dict[str, Any] = {"kind": "random", "seed": int(seed)} if weights == "random" else {}
         self.lora_settings: dict[str, Any] | None = None
+        self.loaded_from: Path | None = None  # the fine-tuning checkpoint this policy was read from, if any
 
     # ------------------------------------------------------------------ construction from checkpoints
 
@@ -215,6 +216,7 @@ class OpenVLAPolicy(Policy):
                                  f"unnorm_key={unnorm_key!r} would change what its tokens mean")
             policy = cls._from_finetuning_config(recorded, torch_dtype=torch_dtype, device=device)
             load_checkpoint_into(policy, local)  # digest, names and shapes checked
+            policy.loaded_from = local.resolve()
             return policy.eval()
         folder = ckpt.resolve_checkpoint(name_or_path, revision)
         config = ckpt.read_config(folder)
@@ -293,12 +295,14 @@ class OpenVLAPolicy(Policy):
         return policy.with_value_head(seed) if value_head else policy
 
     @classmethod
-    def load_options(cls, task: Any, device: str) -> dict[str, Any]:
-        """The task's action dataset (``bridge_orig`` on the Bridge scenes) as ``unnorm_key``; on a GPU, the
-        weights straight onto it in bf16 (a 7B model never passes through the CPU in float32)."""
+    def load_options(cls, task: Any, device: str, folder: str | Path | None = None) -> dict[str, Any]:
+        """The task's action dataset (``bridge_orig`` on the Bridge scenes) as ``unnorm_key`` (task None: the
+        checkpoint's own); on a GPU, the weights straight onto it in bf16 (a 7B model never passes through the
+        CPU in float32)."""
         on_gpu = torch.device(device).type == "cuda"
-        return {"unnorm_key": getattr(task, "action_dataset", None), "device": device,
-                **({"torch_dtype": torch.bfloat16} if on_gpu else {})}
+        ours = folder is not None and Path(folder).is_dir() and ckpt.is_finetuning_checkpoint(Path(folder))
+        key = {} if task is None or ours else {"unnorm_key": getattr(task, "action_dataset", None)}
+        return {**key, "device": device, **({"torch_dtype": torch.bfloat16} if on_gpu else {})}
 
     def env_actions(self, actions: Any) -> Any:
         """With ``bridge_orig`` statistics, SimplerEnv's post-processing (roll/pitch/yaw to axis-angle, gripper
@@ -309,11 +313,38 @@ class OpenVLAPolicy(Policy):
         convert = conversion_for(self.unnorm_key)
         return actions if convert is None else convert(actions)
 
+    def policy_actions(self, actions: Any) -> Any:
+        """Demonstrations in the env's convention as OpenVLA's actions (with ``bridge_orig`` statistics: the
+        axis-angle rotation as roll/pitch/yaw, the gripper's +1 / -1 as openness 1 / 0)."""
+        from vla_cl.envs.postprocess import inverse_for
+
+        invert = inverse_for(self.unnorm_key)
+        return actions if invert is None else invert(actions)
+
     def prepare_finetuning(self, lora_rank: int = 32, **_: Any) -> None:
         """LoRA on the language model (``add_lora``): the adapters (and a value head, if any) are what
-        fine-tuning trains; pi0 is the same model with the adapters disabled."""
-        if not self.has_adapter:
-            self.add_lora(rank=lora_rank)
+        fine-tuning trains; pi0 is the same model with the adapters disabled.
+
+        A policy that already has adapters (a warmed-up pi0 read from its fine-tuning checkpoint) is pi0 as a
+        whole: its adapters are merged into the weights (:meth:`merge_adapters`) and fresh ones added, so that
+        disabling them gives that pi0, not the checkpoint it was warmed up from. Its fine-tuning checkpoints
+        then name it as their base (``base: {kind: merged, name_or_path: <pi0's folder>}``)."""
+        if self.has_adapter:
+            if self.loaded_from is None:
+                raise ValueError("this OpenVLA policy already has adapters and was not read from a checkpoint, so a "
+                                 "fine-tuning checkpoint could not name its base; save it and load it again first")
+            self.merge_adapters()
+            self.base_source = {"kind": "merged", "name_or_path": str(self.loaded_from)}
+        self.add_lora(rank=lora_rank)
+
+    def merge_adapters(self) -> None:
+        """Fold every LoRA adapter into its base weight (W + scale B A) and drop the adapters: the same function
+        with plain weights, which later adapters then start from."""
+        for name in ("language_model", "projector"):
+            module = getattr(self, name)
+            if _is_peft(module):
+                setattr(self, name, module.merge_and_unload())
+        self.lora_settings = None
 
     def with_value_head(self, seed: int) -> OpenVLAPolicy:
         """Attach a value head (in place): an MLP on the language model's last hidden state at the last
@@ -336,6 +367,13 @@ class OpenVLAPolicy(Policy):
         hidden = self.llm().model(inputs_embeds=embeds, attention_mask=mask, position_ids=self._positions(mask),
                                   use_cache=False).last_hidden_state
         return self.critic(hidden[:, -1].float()).squeeze(-1)
+
+    def representation_modules(self) -> list[str]:
+        """The language model's last two decoder layers (their outputs averaged over the sequence): the
+        representations the LLM track compares too; every activation of a 7B model would not fit."""
+        layers = [name for name, _ in self.named_modules() if name.split(".")[-2:-1] == ["layers"]
+                  and name.startswith("language_model")]
+        return layers[-2:]
 
     def checkpoint_state(self) -> dict[str, torch.Tensor]:
         """With adapters: the LoRA weights and the value head only (the base is rebuilt from ``base_source``);
@@ -382,6 +420,10 @@ class OpenVLAPolicy(Policy):
                                  f"{base['name_or_path']} (in {differ[:5]}); point the checkpoint at its own base")
         elif base.get("kind") == "random":
             policy = cls(saved, processing.standin_tokenizer(), config["unnorm_key"], seed=int(base["seed"]), **options)
+        elif base.get("kind") == "merged":  # a warmed-up pi0 (its own fine-tuning checkpoint) with its adapters merged
+            policy = cls.from_pretrained(base["name_or_path"], config["unnorm_key"], **options)
+            policy.merge_adapters()
+            policy.base_source = dict(base)
         else:
             raise ValueError(f"the checkpoint does not say where its base weights come from (base={base!r})")
         if config.get("lora"):
