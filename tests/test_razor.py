@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from vla_cl.cli import main
 from vla_cl.evaluation.results import CellResult, SuiteResult
@@ -33,13 +34,56 @@ NEW = "maniskill/PickCubeLowGoal-v2"
     (["rl_iterations=2"], "rl_iterations"),
     (["rl_episodes=0"], "rl_episodes"),
     (["init_from=maniskill/PickCube-v1"], "suite"),  # the task the new one starts from cannot be retained
-    (["policy=openvla"], "policy"),
+    (["preset=openvla_tiny", "init_from=simpler/widowx_carrot_on_plate"], "init_from"),  # no word vocabulary
+    (["preset=openvla_tiny", "policy_preset=default"], "init"),  # an OpenVLA needs its checkpoint
+    (["preset=openvla_tiny", "rl_overrides=['updater.not_an_option=1']"], "rl_overrides"),
+    (["preset=openvla_tiny", "sft_overrides=['demos=elsewhere']"], "sft_overrides"),
 ])
 def test_a_design_that_cannot_run_is_refused_before_any_work(override, field, tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["razor", *override, f"out_dir={out}"]) == 2
     assert f"invalid value for {field}" in capsys.readouterr().err
     assert not (out / "info").exists()  # nothing ran
+
+
+def test_the_openvla_preset_without_its_checkpoint_or_a_gpu_fails_at_once_naming_the_alternative(tmp_path, capsys,
+                                                                                                  monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    start = time.perf_counter()
+    assert main(["razor", "preset=openvla", f"out_dir={tmp_path / 'a'}"]) == 2
+    err = capsys.readouterr().err
+    assert "openvla/openvla-7b" in err and "local" in err and "folder" in err
+    # a local checkpoint, but no GPU on this machine: refused when the run starts, before any stage
+    from vla_cl.policies.openvla import OpenVLAPolicy
+
+    folder = OpenVLAPolicy.tiny().save_pretrained(tmp_path / "base")
+    if not torch.cuda.is_available():
+        assert main(["razor", "preset=openvla", f"init={folder}", f"out_dir={tmp_path / 'b'}"]) == 2
+        err = capsys.readouterr().err
+        assert "no usable CUDA GPU" in err and "preset=openvla_tiny" in err
+        assert not (tmp_path / "b" / "info").exists()
+    assert time.perf_counter() - start < 10
+
+
+def test_the_bridge_presets_compose_into_the_experiment_their_files_describe(tmp_path):
+    from vla_cl.cli.compose import compose
+    from vla_cl.policies.openvla import OpenVLAPolicy
+    from vla_cl.razor import budget
+
+    local = OpenVLAPolicy.tiny().save_pretrained(tmp_path / "openvla")  # stands in for a local openvla-7b folder
+    gpu = compose("razor", RazorConfig, ["preset=openvla", f"init={local}"])
+    assert gpu.policy == "openvla" and gpu.device == "cuda" and gpu.new_task == "simpler/widowx_put_eggplant_in_basket"
+    assert gpu.label_sigma == 0.0 and gpu.camera_size is None and gpu.experiment_suite().episodes >= 50
+    assert "updater.minibatches=960" in next(t for t in gpu.trials() if t.method == "ppo").overrides
+    assert {t.method for t in gpu.trials()} == {"ppo", "reinforce", "sft", "sft_kl"}
+    stages = {row["stage"]: row for row in budget.summary(gpu)["stages"]}
+    assert stages["sweep"]["policy_hours"] > 0 and stages["evaluation"]["env_steps"] > stages["pi0_eval"]["env_steps"]
+    vision = compose("razor", RazorConfig, ["preset=vision"])
+    assert vision.policy == "small_vlm" and vision.camera_size == 160 and vision.label_sigma == 0.0
+    assert {"camera_size": 160} == vision.experiment_suite().tasks[0].options
+    assert vision.pretrain_config(None).tasks[-1] == vision.new_task  # the new task's warm-up demonstrations
+    assert vision.pretrain_config(None).demos_of(vision.new_task) == vision.new_task_warmup == 10
+    assert RazorConfig().label_sigma == 2.0  # the state default keeps its soft labels
 
 
 def test_a_suite_holding_the_new_task_is_refused(tmp_path):
@@ -186,6 +230,50 @@ def test_every_stage_runs_and_an_interrupted_run_resumes(smoke_run):
     assert all(finals.count(True) == 1 and finals.count(False) >= 2 for finals in by_trial.values())
     assert "forward_kl_new" in summary["r2"] and summary["finding"]["statement"]
     assert summary["finding"]["held"] in (True, False, None)
+
+
+@pytest.fixture(scope="module")
+def openvla_tiny_run(tmp_path_factory):
+    """`vla-cl razor preset=openvla_tiny`: the OpenVLA experiment's every stage, a toy OpenVLA on the CPU."""
+    out = tmp_path_factory.mktemp("razor_openvla") / "run"
+    command = [sys.executable, "-m", "vla_cl.cli", "razor", "preset=openvla_tiny", f"out_dir={out}", "workers=2"]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=1200, check=False)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return out, done.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.sim
+def test_the_openvla_razor_runs_every_stage_on_the_bridge_scenes(openvla_tiny_run):
+    import os
+
+    from vla_cl.browser import check_page
+
+    out, stdout = openvla_tiny_run
+    timings = json.loads((out / "timings.json").read_text())
+    assert [t["stage"] for t in timings] == ["info", "demos", "pi0", "pi0_eval", "sweep", "evaluation", "law",
+                                            "report"]
+    print({t["stage"]: round(t["seconds"], 1) for t in timings})  # shown with -s: the stage timings
+    assert "[razor] plan" in stdout and (out / "plan.json").exists()
+    summary = json.loads((out / "summary.json").read_text())
+    assert {run["method"] for run in summary["runs"]} == {"ppo", "sft", "sft_kl", "distill"}
+    assert set(summary["retention_tasks"]) == {"simpler/widowx_carrot_on_plate", "simpler/widowx_stack_cube"}
+    assert "toy size" in summary["setting"]["policy"] and "64 px wide" in summary["setting"]["camera"]
+    assert "1 demonstrations of the new task" in summary["setting"]["warmup"]
+    assert any("stand-in table" in m for m in summary["setting"]["stand_ins"])
+    for run in summary["runs"]:
+        assert all(run[k] == run[k] for k in ("forward_kl_new", "weight_fisher_l2", "activation_l2_old"))  # finite
+    # every fine-tuned policy names the merged warm-up as its base: pi0 is its model with the adapters off
+    policy = json.loads((out / "sweep" / "ppo_lr0p001" / "artifacts" / "policy" / "config.json").read_text())
+    assert policy["config"]["base"]["kind"] == "merged" and policy["config"]["base"]["name_or_path"].endswith(
+        "pi0/artifacts/policy")
+    pi0_cells = json.loads((out / "evaluation" / "pi0" / "result.json").read_text())["cells"]
+    assert all("distinct_initial_states" in c for c in pi0_cells)
+    if os.environ.get("VLA_CL_BROWSER") == "skip":
+        pytest.skip("VLA_CL_BROWSER=skip: set up without a headless browser")
+    check = check_page(out / "report.html")
+    assert check.ok, check.broken
+    assert len(check.videos) == 6 and all(state >= 2 for _, state, _ in check.videos)
 
 
 @pytest.mark.slow

@@ -16,8 +16,15 @@ The defaults are the embedded CPU default (``make razor``), designed from measur
   PPO lr 1e-3 went 12 -> 75 % in 15 iterations, SFT lr 1e-3 12 -> 54 % in 40 iterations.
 
 ``preset=paper`` adds REINFORCE (the paper's robot RL), more settings, episodes and seeds;
-``preset=smoke`` is a minutes-long run of every stage for tests; ``preset=openvla`` is the same experiment
-on the SimplerEnv Bridge scenes with OpenVLA-7B on a GPU (see the preset file).
+``preset=smoke`` is a minutes-long run of every stage for tests. On the SimplerEnv Bridge scenes (pi0 warmed
+up on carrot, spoon and cube stacking, fine-tuned on the eggplant scene): ``preset=openvla`` runs OpenVLA-7B
+on a GPU, ``preset=openvla_tiny`` a toy-sized random OpenVLA through the same stages on a CPU (tests), and
+``preset=vision`` the ``small_vlm`` image policy on CPU budgets (see each preset file for its sizing).
+
+Image policies on the Bridge scenes start from ~0 % on a scene they never saw, where RL gets no reward to
+learn from, so ``new_task_warmup`` puts a few demonstrations of the new scene into pi0's warm-up (RL4VLA
+likewise warms OpenVLA up on demonstrations of the task before PPO): pi0 starts low on the new task but above
+zero. The report says how many.
 """
 
 from __future__ import annotations
@@ -26,9 +33,23 @@ import dataclasses
 
 from vla_cl.config import RunConfig, option, require
 
-POLICIES = ("state_token", "openvla")
+POLICIES = ("state_token", "small_vlm", "openvla")
+WORD_POLICIES = ("state_token", "small_vlm")  # policies with a word vocabulary, whose new words init_from seeds
 RL_METHODS = ("ppo", "reinforce")
 SFT_METHODS = ("sft",)
+
+
+def known_train_override(override: str) -> bool:
+    """Whether ``key=value`` names a field of ``vla-cl train`` (or an updater option) the experiment leaves free."""
+    from vla_cl.updaters.command import TrainConfig
+    from vla_cl.updaters.registry import options_dataclass
+
+    key, sep, _ = override.partition("=")
+    if not sep or key in ("init", "task", "demos", "teacher", "out_dir", "updater"):
+        return False
+    if key.startswith("updater."):
+        return key.split(".", 1)[1] in {f.name for f in dataclasses.fields(options_dataclass())} - {"name"}
+    return key in {f.name for f in dataclasses.fields(TrainConfig)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,14 +86,35 @@ class RazorConfig(RunConfig):
                                 "maniskill/StackCube-v1"], "the tasks pi0 is behaviour-cloned on")
     suite: str = option("razor", "the retention suite (configs/suite/NAME.yaml): prior tasks, axes, episodes")
     new_task: str = option("maniskill/PickCubeLowGoal-v2", "the task every method fine-tunes on")
-    init_from: str = option("maniskill/StackCube-v1",
-                            "the prior task whose instruction the new task's unseen words start from")
+    init_from: str | None = option("maniskill/StackCube-v1",
+                                   "the prior task whose instruction the new task's unseen words start from "
+                                   "(word-vocabulary policies; None: random new words)")
     policy: str = option("state_token", f"the policy: {', '.join(POLICIES)}")
+    init: str | None = option(None, "openvla: the pretrained checkpoint pi0 is warmed up from (a hub id such as "
+                              "openvla/openvla-7b, or a local folder); None with policy_preset=tiny: a toy OpenVLA")
+    policy_preset: str = option("default", "size of a policy built fresh: default or tiny")
+    obs_mode: str | None = option(None, "what the policy reads: state, rgb or both (None: state for state_token, "
+                                  "rgb for the image policies)")
+    image_size: int | None = option(None, "image side an image policy reads (None: small_vlm's 64, the OpenVLA "
+                                    "checkpoint's)")
+    camera_size: int | None = option(None, "width the tasks' cameras render at before resizing (None: their own, "
+                                     "640x480 on the Bridge scenes; smaller is faster on a CPU and not SimplerEnv's "
+                                     "protocol)")
+    lora_rank: int = option(32, "openvla: LoRA rank of the warm-up and of every fine-tuning run")
+    device: str = option("cpu", "torch device for training and evaluation (cuda for OpenVLA-7B)",
+                         affects_results=False)
+    processes: bool = option(False, "training runs step their envs in worker processes (one per env)",
+                             affects_results=False)
     # --- pi0
     demos: int = option(150, "expert demonstrations per prior task for pi0")
+    new_task_warmup: int = option(0, "expert demonstrations of the new task in pi0's warm-up (0: none; see the "
+                                  "module docstring)")
     pi0_epochs: float = option(60.0, "behaviour-cloning passes over pi0's demonstrations")
     pi0_lr: float = option(1e-2, "pi0's AdamW peak learning rate (cosine)")
-    label_sigma: float = option(2.0, "Gaussian soft labels in bins for pi0 and for the SFT arms (0 = hard labels)")
+    pi0_batch: int = option(256, "demonstration steps per pi0 optimiser step")
+    label_sigma: float | None = option(None, "Gaussian soft labels in bins for pi0 and for the SFT arms (0 = hard "
+                                       "labels; None: 2 for state_token, 0 for autoregressive policies, see "
+                                       "vla_cl.updaters.pretrain)")
     # --- the sweep on the new task
     new_task_demos: int = option(100, "expert demonstrations of the new task for the SFT arms")
     ppo_lrs: list = option([1e-4, 3e-4, 1e-3], "PPO learning rates (one run each)")  # noqa: RUF009
@@ -85,6 +127,9 @@ class RazorConfig(RunConfig):
     sft_kl_coef: float = option(0.1, "beta of the sft_kl hybrid (run at the middle SFT learning rate)")
     distill_lr: float = option(1e-3, "learning rate of distill (SFT on the best RL policy's rollouts)")
     num_envs: int = option(4, "envs stepped together in each training run")
+    rl_overrides: list = option([], "extra `vla-cl train` overrides of every RL run and distillation, e.g. "  # noqa: RUF009
+                                "updater.minibatches=960 (a 7B model learns from a few rows at a time)")
+    sft_overrides: list = option([], "extra `vla-cl train` overrides of every SFT run (sft, sft_kl)")  # noqa: RUF009
     seeds: int = option(1, "training seeds per setting (seed, seed+1, ...)")
     # --- measurement
     snapshot_episodes: int = option(16, "episodes per task of mid-training policies (in_distribution axis only)")
@@ -101,13 +146,6 @@ class RazorConfig(RunConfig):
                 "quick, paper or none")
         require(self.workers >= 0 and self.parity_workers >= 0, "workers", self.workers, "an integer >= 0")
         require(self.policy in POLICIES, "policy", self.policy, f"one of {', '.join(POLICIES)}")
-        if self.policy == "openvla":
-            raise ValueError(
-                "invalid value for policy: 'openvla' runs OpenVLA-7B as pi0 on the SimplerEnv Bridge scenes, whose "
-                "SFT arm needs demonstrations of those scenes; the Bridge scenes have no scripted experts and no "
-                "demonstration set ships offline, so the razor cannot run it yet. Fine-tune OpenVLA-7B on a Bridge "
-                "scene with `vla-cl train preset=openvla_bridge_carrot` and measure retention with `vla-cl eval "
-                "suite=bridge base=...`; run the embedded default (policy=state_token) for the whole experiment")
         self.prior_tasks = list(self.prior_tasks)
         for field, task in [("new_task", self.new_task), *(("prior_tasks", t) for t in self.prior_tasks)]:
             try:
@@ -119,7 +157,11 @@ class RazorConfig(RunConfig):
         lacking = [t for t in [*self.prior_tasks, self.new_task] if not has_expert(t)]
         require(not lacking, "prior_tasks/new_task", lacking, "tasks with scripted experts (demonstrations)")
         require(self.new_task not in self.prior_tasks, "new_task", self.new_task, "a task pi0 was not trained on")
-        require(self.init_from in self.prior_tasks, "init_from", self.init_from, f"one of prior_tasks {self.prior_tasks}")
+        if self.init_from is not None:
+            require(self.policy in WORD_POLICIES, "init_from", self.init_from,
+                    f"None for policy={self.policy} (it reads instructions through its own tokenizer)")
+            require(self.init_from in self.prior_tasks, "init_from", self.init_from,
+                    f"one of prior_tasks {self.prior_tasks}")
         suite = self.retention_suite()
         require(self.new_task not in suite.task_ids, "suite", self.suite,
                 f"a retention suite without the new task {self.new_task}")
@@ -128,6 +170,11 @@ class RazorConfig(RunConfig):
                 "interference would pose as forgetting)")
         outside = [t for t in suite.task_ids if t not in self.prior_tasks]
         require(not outside, "suite", self.suite, f"retention tasks pi0 learned (not in prior_tasks: {outside})")
+        self.rl_overrides, self.sft_overrides = [str(o) for o in self.rl_overrides], [str(o) for o in self.sft_overrides]
+        for name in ("rl_overrides", "sft_overrides"):
+            bad = [o for o in getattr(self, name) if not known_train_override(o)]
+            require(not bad, name, bad, "key=value overrides of `vla-cl train` fields or updater.<option>s (not init, "
+                    "task, demos, teacher or out_dir, which the experiment sets)")
         require(bool(self.ppo_lrs) or bool(self.reinforce_lrs), "ppo_lrs/reinforce_lrs", [],
                 "at least one RL learning rate: the experiment compares RL with SFT")
         require(bool(self.sft_lrs), "sft_lrs", self.sft_lrs, "at least one SFT learning rate")
@@ -138,13 +185,62 @@ class RazorConfig(RunConfig):
             require(getattr(self, name) >= 3, name, getattr(self, name),
                     "an integer >= 3 (two mid-training snapshots and the final policy per run)")
         for name in ("demos", "new_task_demos", "rl_episodes", "sft_batch", "num_envs", "seeds",
-                     "snapshot_episodes", "probe_episodes", "old_probe_episodes"):
+                     "snapshot_episodes", "probe_episodes", "old_probe_episodes", "pi0_batch", "lora_rank"):
             require(getattr(self, name) >= 1, name, getattr(self, name), "an integer >= 1")
+        require(self.new_task_warmup >= 0, "new_task_warmup", self.new_task_warmup, "an integer >= 0")
+        self._check_policy_setup()
         require(self.pi0_epochs > 0 and self.pi0_lr > 0, "pi0_epochs/pi0_lr", (self.pi0_epochs, self.pi0_lr), "> 0")
+        if self.label_sigma is None:
+            from vla_cl.updaters.pretrain import default_label_sigma
+
+            self.label_sigma = default_label_sigma(self.policy)
         require(self.label_sigma >= 0, "label_sigma", self.label_sigma, ">= 0 bins")
         require(self.sft_kl_coef > 0, "sft_kl_coef", self.sft_kl_coef, "> 0")
         require(self.distill_lr > 0, "distill_lr", self.distill_lr, "> 0")
         require(32 <= self.video_size <= 512, "video_size", self.video_size, "32..512")
+
+    def _check_policy_setup(self) -> None:
+        """The policy, its checkpoint and the assets, before any work (each fails in a second; the device is
+        checked when the run starts, so that a GPU preset still composes and shows its help anywhere)."""
+        from vla_cl.envs import get_spec
+        from vla_cl.envs.assets import check_assets
+
+        require(self.policy_preset in ("default", "tiny"), "policy_preset", self.policy_preset, "default or tiny")
+        require(self.init is None or self.policy == "openvla", "init", self.init,
+                "None: only policy=openvla warms up from a pretrained checkpoint")
+        require(self.policy != "openvla" or self.init is not None or self.policy_preset == "tiny", "init", self.init,
+                "a checkpoint for policy=openvla (openvla/openvla-7b, or a local folder in OpenVLA's layout: "
+                "`huggingface-cli download openvla/openvla-7b --local-dir DIR` on a machine with internet, then "
+                "init=DIR), or policy_preset=tiny for a toy-sized random OpenVLA")
+        if self.camera_size is not None:
+            require(16 <= self.camera_size <= 1920, "camera_size", self.camera_size, "16..1920 or None")
+        for task in dict.fromkeys([*self.prior_tasks, self.new_task]):  # MissingAssetError names id, folder, command
+            check_assets(get_spec(task).assets, needed_by=task)
+        self.pretrain_config(out_dir=None)  # the warm-up's own checks (its checkpoint, image size)
+
+    def pretrain_config(self, out_dir: str | None, workers: int = 1):
+        """pi0's warm-up as a ``vla-cl pretrain`` config: the prior tasks (and the new task's few warm-up
+        demonstrations), the experiment's policy and observations."""
+        from vla_cl.updaters.pretrain import PretrainConfig
+
+        tasks = [*self.prior_tasks, *([self.new_task] if self.new_task_warmup else [])]
+        return PretrainConfig(tasks=tasks, demos=self.demos, policy=self.policy, init=self.init,
+                              task_demos={self.new_task: self.new_task_warmup} if self.new_task_warmup else {},
+                              policy_preset=self.policy_preset, image_size=self.image_size,
+                              camera_size=self.camera_size, obs_mode=self.obs_mode, epochs=self.pi0_epochs, batch_size=self.pi0_batch,
+                              lr=self.pi0_lr, label_sigma=self.label_sigma, lora_rank=self.lora_rank, device=self.device,
+                              seed=self.seed, workers=workers, progress=self.progress, out_dir=out_dir)
+
+    def env_options(self) -> dict:
+        """Options every env of the experiment shares (demonstrations, training, evaluation, probes, videos),
+        where they differ from the tasks' defaults."""
+        return {} if self.camera_size is None else {"camera_size": self.camera_size}
+
+    def rollout_options(self) -> dict:
+        """The envs policies act in (training, probes, videos; not the experts' demonstrations): the shared
+        options and the suite's episode length, when it sets one."""
+        steps = self.retention_suite().max_episode_steps
+        return {**self.env_options(), **({"max_episode_steps": steps} if steps else {})}
 
     def retention_suite(self):
         from vla_cl.evaluation.suite import load_suite
@@ -157,7 +253,8 @@ class RazorConfig(RunConfig):
     def experiment_suite(self):
         """The retention suite with the new task added (same axes, episodes and seeds)."""
         suite = self.retention_suite()
-        return suite.replace(name=f"{suite.name} + new task", tasks=[*suite.to_dict()["tasks"], {"task": self.new_task}])
+        suite = suite.replace(name=f"{suite.name} + new task", tasks=[*suite.to_dict()["tasks"], {"task": self.new_task}])
+        return suite.with_task_options(self.env_options())
 
     def trials(self) -> list[Trial]:
         """Every run of the sweep but distill (which needs the best RL run first, see ``distill_trial``)."""
@@ -171,7 +268,8 @@ class RazorConfig(RunConfig):
                 for lr in lrs:
                     out.append(Trial(method, f"lr={lr:g}{tag}", (
                         f"updater={method}", f"updater.lr={lr}", f"updater.episodes={self.rl_episodes}",
-                        f"iterations={rl}", f"snapshot_every={snap}", f"seed={self.seed + seed}"), rl))
+                        f"iterations={rl}", f"snapshot_every={snap}", f"seed={self.seed + seed}",
+                        *self.rl_overrides), rl))
             for lr in self.sft_lrs:
                 out.append(Trial("sft", f"lr={lr:g}{tag}", self._sft(lr, sft_snap, seed), self.sft_iterations))
             middle = sorted(self.sft_lrs)[len(self.sft_lrs) // 2]
@@ -183,11 +281,13 @@ class RazorConfig(RunConfig):
     def _sft(self, lr: float, snap: int, seed: int, method: str = "sft") -> tuple[str, ...]:
         return (f"updater={method}", f"updater.lr={lr}", f"updater.batch_size={self.sft_batch}",
                 "updater.minibatches=1", f"updater.label_sigma={self.label_sigma}",
-                f"iterations={self.sft_iterations}", f"snapshot_every={snap}", f"seed={self.seed + seed}")
+                f"iterations={self.sft_iterations}", f"snapshot_every={snap}", f"seed={self.seed + seed}",
+                *self.sft_overrides)
 
     def distill_trial(self, teacher: str, teacher_id: str, seed: int = 0) -> Trial:
         tag = f"_s{seed}" if self.seeds > 1 else ""
         return Trial("distill", f"from_{teacher_id}{tag}", (
             "updater=distill", f"teacher={teacher}", f"updater.lr={self.distill_lr}",
             f"updater.episodes={self.rl_episodes}", f"iterations={self.rl_iterations}",
-            f"snapshot_every={max(1, self.rl_iterations // 3)}", f"seed={self.seed + seed}"), self.rl_iterations)
+            f"snapshot_every={max(1, self.rl_iterations // 3)}", f"seed={self.seed + seed}", *self.rl_overrides),
+            self.rl_iterations)

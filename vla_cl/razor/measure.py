@@ -24,6 +24,7 @@ import torch
 
 from vla_cl.files import write_json_atomic
 from vla_cl.kl import collect_activations, diagonal_fisher, parameter_snapshot, weight_deltas
+from vla_cl.kl.predictors import lora_weight_deltas
 from vla_cl.kl.compare import output_predictors, representation_predictors, weight_predictors
 from vla_cl.policies.base import ObsBatch, Policy
 
@@ -46,16 +47,23 @@ def concat(probes: list[Probe]) -> Probe:
     return Probe(obs, torch.cat([p.tokens for p in probes]))
 
 
-def collect_probe(policy: Policy, task: str, episodes: int, seed: int, obs_mode: str, image_size: int) -> Probe:
-    """pi0's own sampled episodes of ``task`` (training grid), at most MAX_PROBE_STATES evenly spaced states."""
+def observed_options(policy: Policy) -> dict[str, Any]:
+    """The env options that give ``policy`` what it reads (observation mode and image side)."""
+    obs_mode = "both" if policy.observation_keys == {"state", "image"} else "rgb" if policy.image_size else "state"
+    return {"obs_mode": obs_mode, "image_size": policy.image_size or 64}
+
+
+def collect_probe(policy: Policy, task: str, episodes: int, seed: int, **options: Any) -> Probe:
+    """pi0's own sampled episodes of ``task`` (training grid), at most MAX_PROBE_STATES evenly spaced states;
+    ``options`` are the envs' (``observed_options`` and the experiment's)."""
     from vla_cl.envs.vector import make_vector
     from vla_cl.updaters.data import collect_rollouts
     from vla_cl.updaters.loop import derived_seed, generator, probe_subset
 
-    env = make_vector(task, 1, obs_mode=obs_mode, image_size=image_size)
+    env = make_vector(task, 1, **options)
     try:
         rollouts = collect_rollouts(policy, env, episodes, derived_seed(seed, PROBE_STREAM),
-                                    generator(seed, PROBE_STREAM))
+                                    generator(seed, PROBE_STREAM), device=next(policy.parameters()).device)
     finally:
         env.close()
     return Probe(*probe_subset(rollouts, MAX_PROBE_STATES))
@@ -65,8 +73,7 @@ def probes(pi0: Policy, config: Any, folder: Path) -> tuple[Probe, Probe]:
     """The new-task and old-task probe sets (read from ``folder`` when collected before)."""
     from vla_cl.updaters.loop import load_probe_set, save_probe_set
 
-    obs_mode = "both" if pi0.observation_keys == {"state", "image"} else "rgb" if pi0.image_size else "state"
-    side = pi0.image_size or 64
+    options = {**observed_options(pi0), **config.rollout_options()}
     out = []
     for name, tasks, episodes in (("new", [config.new_task], config.probe_episodes),
                                   ("old", config.retention_suite().task_ids, config.old_probe_episodes)):
@@ -74,39 +81,41 @@ def probes(pi0: Policy, config: Any, folder: Path) -> tuple[Probe, Probe]:
         if path.exists():
             out.append(Probe(*load_probe_set(path)))
             continue
-        probe = concat([collect_probe(pi0, t, episodes, config.seed + i, obs_mode, side) for i, t in enumerate(tasks)])
+        probe = concat([collect_probe(pi0, t, episodes, config.seed + i, **options) for i, t in enumerate(tasks)])
         path.parent.mkdir(parents=True, exist_ok=True)
         save_probe_set(path, probe.obs, probe.tokens)
         out.append(probe)
     return out[0], out[1]
 
 
-def hidden_layers(policy: Policy) -> list[str]:
-    """The policy's activation functions outside its value head: the representations compared."""
-    kinds = (torch.nn.ReLU, torch.nn.GELU, torch.nn.SiLU, torch.nn.Tanh)
-    return [name for name, module in policy.named_modules()
-            if isinstance(module, kinds) and not name.startswith("critic")]
-
-
 class Predictors:
-    """pi0's side of every comparison, computed once; :meth:`measure` gives a policy's predictors."""
+    """pi0's side of every comparison, computed once; :meth:`measure` gives a policy's predictors.
 
-    def __init__(self, pi0: Policy, new: Probe, old: Probe, seed: int = 0):
-        self.new, self.old, self.layers = new, old, hidden_layers(pi0)
-        self.support = pi0.action_support
+    Weight change is theta - theta0 over every parameter; for a policy fine-tuned through LoRA adapters
+    (OpenVLA) it is each adapter's update B A of the weight it adapts (``lora_weight_deltas``), with pi0's
+    Fisher on those weights, so a 7B model is never copied. Representations are the modules the policy
+    names (``Policy.representation_modules``), averaged over token positions where there are several."""
+
+    def __init__(self, pi0: Policy, new: Probe, old: Probe, seed: int = 0, batch: int = 256):
+        self.new, self.old, self.layers = new, old, pi0.representation_modules()
+        self.support, self.batch = pi0.action_support, batch
         self.base = {name: self._outputs(pi0, probe) for name, probe in (("new", new), ("old", old))}
-        self.theta0 = parameter_snapshot(pi0)
-        batches = [Probe(old.obs.select(slice(i, i + 64)), old.tokens[i : i + 64]) for i in range(0, len(old.tokens), 64)]
+        self.adapters = bool(getattr(pi0, "has_adapter", False))
+        self.theta0 = None if self.adapters else parameter_snapshot(pi0)
+        weights = list(lora_weight_deltas(pi0)) if self.adapters else list(self.theta0)
+        step = max(1, min(64, batch))
+        batches = [Probe(old.obs.select(slice(i, i + step)), old.tokens[i : i + step])
+                   for i in range(0, len(old.tokens), step)]
         self.fisher = diagonal_fisher(pi0, batches, forward=lambda b: pi0.action_logits(b.obs, b.tokens),
-                                      params=list(self.theta0), support=self.support,
+                                      params=weights, support=self.support,
                                       generator=torch.Generator().manual_seed(seed))
 
     def _outputs(self, policy: Policy, probe: Probe) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         logits: list[torch.Tensor] = []
-        batches = [i for i in range(0, len(probe.tokens), 256)]
-        forward = lambda i: logits.append(
-            policy.action_logits(probe.obs.select(slice(i, i + 256)), probe.tokens[i : i + 256]).float())
-        activations = collect_activations(policy, self.layers, batches, forward=forward)
+        batches = [i for i in range(0, len(probe.tokens), self.batch)]
+        forward = lambda i: logits.append(policy.action_logits(probe.obs.select(slice(i, i + self.batch)),
+                                                               probe.tokens[i : i + self.batch]).float().cpu())
+        activations = collect_activations(policy, self.layers, batches, forward=forward, pool_tokens=True)
         return torch.cat(logits), activations
 
     @torch.no_grad()
@@ -118,14 +127,15 @@ class Predictors:
             base_logits, base_activations = self.base[name]
             out.update(output_predictors(base_logits, logits, name, self.support))
             out.update(representation_predictors(base_activations, activations, "" if name == "new" else "_old"))
-        out.update(weight_predictors(weight_deltas(policy, self.theta0), self.fisher))
+        deltas = lora_weight_deltas(policy) if self.adapters else weight_deltas(policy, self.theta0)
+        out.update(weight_predictors(deltas, self.fisher))
         return out
 
 
 def measure_predictors(keys_and_folders: list[tuple[str, Path]], predictors: Predictors, folder: Path,
-                       log: Any = print) -> dict[str, dict[str, float]]:
+                       log: Any = print, device: str = "cpu") -> dict[str, dict[str, float]]:
     """Every policy's predictors (cached as ``folder/<key>.json``)."""
-    from vla_cl.policies import load_policy
+    from vla_cl.policies.registry import load_policy_on
 
     out = {}
     for key, policy_folder in keys_and_folders:
@@ -133,7 +143,7 @@ def measure_predictors(keys_and_folders: list[tuple[str, Path]], predictors: Pre
         if path.exists():
             out[key] = json.loads(path.read_text())
             continue
-        values = predictors.measure(load_policy(policy_folder))
+        values = predictors.measure(load_policy_on(policy_folder, device))
         if not all(np.isfinite(v) for v in values.values()):
             log(f"[razor]   {key}: a predictor is not finite: {values}")
         write_json_atomic(path, values)
@@ -158,7 +168,8 @@ def evaluate_pi0(config: Any, pi0: str, evaluations: Path, workers: int) -> dict
     """pi0 on the experiment suite; returns its success per task and whether the design's targets held."""
     from vla_cl.evaluation import Evaluator
 
-    with Evaluator(config.experiment_suite(), workers=workers, progress=config.progress) as evaluate:
+    with Evaluator(config.experiment_suite(), workers=workers, progress=config.progress,
+                   device=config.device) as evaluate:
         result = evaluate(pi0, out_dir=evaluations / "pi0", label="pi0")
     _summarise("pi0", result, config.new_task)
     retention = {t: result.success(t) for t in config.retention_suite().task_ids}
@@ -193,19 +204,21 @@ def evaluate_all(config: Any, pi0: str, trials: list[dict], evaluations: Path, f
     """Every policy of the sweep on the suite (finals: every axis; snapshots: in-distribution) and every
     predictor; returns the list of policies measured."""
     from vla_cl.evaluation import Evaluator
-    from vla_cl.policies import load_policy
+    from vla_cl.policies.registry import load_policy_on
 
     policies = policies_of(trials)
     suite = config.experiment_suite()
     short = suite.replace(axes=["in_distribution"], episodes=min(config.snapshot_episodes, suite.episodes))
-    with Evaluator(suite, workers=workers, progress=config.progress) as full, \
-            Evaluator(short, workers=workers, progress=config.progress) as quick:
+    with Evaluator(suite, workers=workers, progress=config.progress, device=config.device) as full, \
+            Evaluator(short, workers=workers, progress=config.progress, device=config.device) as quick:
         for entry in policies:
             evaluate = full if entry["final"] else quick
             result = evaluate(entry["folder"], out_dir=evaluations / entry["key"], label=entry["key"])
             if entry["final"]:
                 _summarise(entry["key"], result, config.new_task)
-    reference = Predictors(load_policy(pi0).eval(), *probes(load_policy(pi0).eval(), config, folder / "probes"),
-                           seed=config.seed)
-    measure_predictors([(e["key"], Path(e["folder"])) for e in policies], reference, folder / "predictors")
+    base = load_policy_on(pi0, config.device).eval()
+    reference = Predictors(base, *probes(base, config, folder / "probes"), seed=config.seed)
+    del base
+    measure_predictors([(e["key"], Path(e["folder"])) for e in policies], reference, folder / "predictors",
+                       device=config.device)
     return {"policies": policies, "snapshot_episodes": short.episodes, "final_episodes": suite.episodes}

@@ -23,7 +23,7 @@ import json
 from pathlib import Path
 
 from vla_cl.files import write_json_atomic
-from vla_cl.razor.config import RazorConfig
+from vla_cl.razor.config import WORD_POLICIES, RazorConfig
 from vla_cl.runs import RunDir
 from vla_cl.stages import Stages, log, resolve_workers
 
@@ -61,34 +61,49 @@ def stage_mechanism(config: RazorConfig, folder: Path) -> dict:
 
 
 def stage_demos(config: RazorConfig, folder: Path, pi0_folder: Path, workers: int) -> dict:
+    """The experts' demonstrations: of the prior tasks (and the new task's warm-up ones) where pi0's warm-up
+    reads them, and of the new task for the SFT arms; recorded as the policy observes (images at its input
+    size, the experiment's camera)."""
     from vla_cl.updaters.pretrain import expert_demos
 
+    recorded = config.pretrain_config(None).recording()
     prior = expert_demos(config.prior_tasks, config.demos, config.seed, pi0_folder / "artifacts" / "demos",
-                         workers=workers)
-    (new,) = expert_demos([config.new_task], config.new_task_demos, config.seed, folder, workers=1)
-    counts = {d.meta["task_id"]: d.meta["counts"] for d in [*prior, new]}
-    for task, c in counts.items():
-        log(f"[razor]   {task}: {c['episodes']} demonstrations ({c['steps']} steps, {c['attempts']} attempts)")
-    return {"counts": counts}
+                         workers=workers, **recorded)
+    if config.new_task_warmup:
+        prior += expert_demos([config.new_task], config.new_task_warmup, config.seed,
+                              pi0_folder / "artifacts" / "demos", **recorded)
+    (new,) = expert_demos([config.new_task], config.new_task_demos, config.seed, folder, **recorded)
+    counts = {f"{d.meta['task_id']} ({d.meta['counts']['episodes']})": d.meta["counts"] for d in [*prior, new]}
+    rates = {}
+    for d in [*prior, new]:
+        c = d.meta["counts"]
+        rates[d.meta["task_id"]] = d.meta["success_rate"]
+        log(f"[razor]   {d.meta['task_id']}: {c['episodes']} demonstrations ({c['steps']} steps, {c['attempts']} "
+            f"attempts, expert success {d.meta['success_rate']:.0%})")
+    return {"counts": counts, "expert_success": rates}
 
 
 def stage_pi0(config: RazorConfig, folder: Path, workers: int) -> dict:
     from vla_cl.envs import get_spec
-    from vla_cl.policies import load_policy
-    from vla_cl.updaters.pretrain import PretrainConfig, pretrain
+    from vla_cl.updaters.pretrain import pretrain
 
-    pre = PretrainConfig(tasks=list(config.prior_tasks), demos=config.demos, epochs=config.pi0_epochs,
-                         lr=config.pi0_lr, label_sigma=config.label_sigma, seed=config.seed, workers=workers,
-                         progress=config.progress, out_dir=str(folder))
+    pre = config.pretrain_config(str(folder), workers)
     with RunDir.open(folder, "pretrain", pre) as sub:
         policy_folder = pretrain(pre, sub)
+    new = get_spec(config.new_task).instruction
+    if config.policy not in WORD_POLICIES:  # reads any text through its tokenizer: pi0 is the warm-up's policy
+        log(f"[razor]   pi0: {config.policy} warmed up on {len(pre.tasks)} tasks"
+            + (f" ({config.new_task_warmup} demonstrations of the new task)" if config.new_task_warmup else ""))
+        return {"policy": str(policy_folder), "added_words": []}
+    from vla_cl.policies import load_policy
+
     pi0 = load_policy(policy_folder)
-    new, source = get_spec(config.new_task).instruction, get_spec(config.init_from).instruction
+    source = get_spec(config.init_from).instruction if config.init_from else None
     words = pi0.add_instruction(new, init_from=source)
     pi0.save_pretrained(folder / "pi0_for_new_task", metadata={"new_task": config.new_task, "init_from": source,
                                                                "added_words": words})
     log(f"[razor]   pi0: {sum(p.numel() for p in pi0.parameters()):,} parameters; the new task's words {words} "
-        f"start as in {source!r}")
+        + (f"start as in {source!r}" if source else "start at random"))
     return {"policy": str(folder / "pi0_for_new_task"), "added_words": words}
 
 
@@ -100,7 +115,9 @@ def run(config: RazorConfig, run_dir: RunDir) -> int:
     from vla_cl.razor import report as report_stage
     from vla_cl.razor.sweep import run_sweep
 
+    check_device_for(config)
     workers = resolve_workers(config.workers)
+    announce_plan(config, run_dir)
     stages = Stages(run_dir)
     stages("info", "machine and package report", stage_info)
     if config.parity_preset != "none":
@@ -117,7 +134,7 @@ def run(config: RazorConfig, run_dir: RunDir) -> int:
     trials = stages("sweep", f"fine-tuning sweep on {config.new_task}", lambda f: [
         {"trial": t.__dict__, "folder": str(p)} for t, p in run_sweep(config, f, Path(pi0),
                                                                    run_dir.path / "demos" / _slug(config.new_task),
-                                                                   workers, log)])
+                                                                   workers if config.device == "cpu" else 1, log)])
     stages("evaluation", "every fine-tuned policy on the suite, and every forgetting predictor",
            lambda f: measure_stage.evaluate_all(config, pi0, trials, evaluations, f, workers))
     law = stages("law", "forgetting law: fits, Pareto frontiers, matched-success comparison",
@@ -126,6 +143,27 @@ def run(config: RazorConfig, run_dir: RunDir) -> int:
            lambda f: report_stage.write(config, pi0, trials, law, run_dir, f))
     stages.finish(law["finding"]["statement"], run_dir.path / "report.html")
     return 0
+
+
+def announce_plan(config: RazorConfig, run_dir: RunDir) -> None:
+    """The run's work per stage and its estimated hours (``vla_cl.razor.budget``), in the log and ``plan.json``."""
+    from vla_cl.razor import budget
+
+    plan = budget.summary(config)
+    write_json_atomic(run_dir.path / "plan.json", plan)
+    log("[razor] plan (work per stage, upper bounds; hours from per-unit costs, see vla_cl.razor.budget):")
+    log(budget.table(plan))
+
+
+def check_device_for(config: RazorConfig) -> None:
+    """Refuse, before any stage, a device this machine lacks, naming the CPU presets."""
+    from vla_cl.updaters.loop import check_device
+
+    try:
+        check_device(config.device)
+    except ValueError as error:
+        raise ValueError(f"invalid value for {error}. On a CPU, run the same stages with preset=openvla_tiny (a "
+                         "toy OpenVLA) or preset=vision (small_vlm on the Bridge images)") from None
 
 
 def _slug(task: str) -> str:

@@ -69,32 +69,78 @@ def analyse(config: Any, pi0_folder: str, trials: list[dict], evaluations: Path,
     return out
 
 
+# ------------------------------------------------------------------------------------------ the setting
+
+
+def setting(config: Any) -> dict[str, Any]:
+    """What the experiment ran on, in the report's words: the policy, its observations, pi0's warm-up, and the
+    scenes' stand-ins (a Bridge scene built without some of its asset files is not SimplerEnv's)."""
+    from vla_cl.envs import get_spec
+    from vla_cl.envs.assets import asset_root
+
+    pre = config.pretrain_config(None)
+    policy = config.policy + (f" from {config.init}" if config.init else "") + (
+        " (toy size, random weights)" if config.policy_preset == "tiny" else "")
+    observes = "the state vector" if pre.obs_mode == "state" else (
+        f"{pre.side} px camera images" + (" and the state" if pre.obs_mode == "both" else ""))
+    camera = ("each task's own camera" if config.camera_size is None else
+              f"cameras rendered {config.camera_size} px wide (not SimplerEnv's 640x480 protocol)")
+    stand_ins = []
+    for task in dict.fromkeys([*config.prior_tasks, config.new_task]):
+        if task.startswith("simpler/"):
+            from vla_cl.envs.bridge import TASKS_BY_ID, find_gaps
+
+            stand_ins += find_gaps(TASKS_BY_ID[task], asset_root()).messages(task)
+    warmup = (f"{config.new_task_warmup} demonstrations of the new task were part of pi0's warm-up"
+              if config.new_task_warmup else "pi0 saw no demonstration of the new task")
+    return {"policy": policy, "observes": observes, "camera": camera, "warmup": warmup, "stand_ins": stand_ins,
+            "max_episode_steps": {t: get_spec(t).max_episode_steps for t in [*config.prior_tasks, config.new_task]}}
+
+
+def starts_note(results: dict[str, Any], tasks: list[str]) -> str:
+    """How many distinct initial states pi0's in-distribution cells covered, where starts repeated."""
+    cells = [results["pi0"].get((t, "in_distribution")) for t in tasks]
+    repeated = [c for c in cells if c and c.get("distinct_initial_states", c["episodes"]) < c["episodes"]]
+    if not repeated:
+        return "Every episode started from a distinct initial state."
+    listed = ", ".join(f"{html.escape(c['task'])}: {c['episodes']} episodes over {c['distinct_initial_states']} "
+                       "initial states" for c in repeated)
+    return (f"These scenes start from a finite set of initial states, so episodes repeat starts ({listed}; the "
+            "position axis draws every start afresh). A rate's interval is over episodes: the policy's own sampling "
+            "and the draw of starts from that set, not over as many distinct situations as episodes.")
+
+
 # ------------------------------------------------------------------------------------------ plots
 
 
 # ------------------------------------------------------------------------------------------ videos
 
 
-def record_video(policy_folder: str, task: str, seed: int, size: int, path: Path) -> dict:
+def record_video(policy_folder: str, task: str, seed: int, size: int, path: Path, env_options: dict | None = None,
+                 device: str = "cpu") -> dict:
     """One episode of a saved policy on ``task`` from reset seed ``seed``, captioned, as WebM."""
     import torch
 
     from vla_cl.envs import make
     from vla_cl.envs.video import record, write_video
-    from vla_cl.policies import load_policy
+    from vla_cl.policies.registry import load_policy_on
+    from vla_cl.razor.measure import observed_options
     from vla_cl.updaters.data import PolicyActor
 
-    policy = load_policy(policy_folder).eval()
-    obs_mode = "both" if policy.observation_keys == {"state", "image"} else "rgb" if policy.image_size else "state"
-    env = make(task, obs_mode=obs_mode, image_size=policy.image_size or 64, render_size=size)
+    policy = load_policy_on(policy_folder, device).eval()
+    env = make(task, **observed_options(policy), **(env_options or {}), render_size=size)
     try:
-        actor = PolicyActor(policy, torch.Generator().manual_seed(seed))
+        actor = PolicyActor(policy, torch.Generator().manual_seed(seed), device=policy_device(policy))
         ((episode, frames),) = record(env, actor, 1, seed)
     finally:
         env.close()
     write_video(frames, path, fps=10)
     return {"file": f"{ASSETS}/{path.name}", "success": bool(episode.success), "length": int(episode.length),
             "instruction": episode.instruction, "seed": seed}
+
+
+def policy_device(policy: Any) -> Any:
+    return next(policy.parameters()).device
 
 
 def videos(config: Any, pi0: str, law: dict, trials: list[dict], assets: Path) -> list[dict]:
@@ -114,7 +160,8 @@ def videos(config: Any, pi0: str, law: dict, trials: list[dict], assets: Path) -
     for label, folder in who:
         for task in (config.new_task, retained):
             name = f"{label.split(' (')[0].replace(' ', '_')}__{task.split('/')[-1]}.webm"
-            entry = record_video(folder, task, seed, config.video_size, assets / name)
+            entry = record_video(folder, task, seed, config.video_size, assets / name, config.rollout_options(),
+                                 config.device)
             out.append({"policy": label, "task": task, **entry})
             print(f"[razor]   video {name}: {'success' if entry['success'] else 'failure'} in {entry['length']} steps",
                   flush=True)
@@ -176,6 +223,8 @@ def page(config: Any, law: dict, results: dict[str, Any], clips: list[dict], tim
     checks = law.get("design_checks") or {}
     pi0 = law["pi0"]
     eps = law["episodes"]
+    where = setting(config)
+    stand_in_html = "".join(f"<li>{e(m)}</li>" for m in where["stand_ins"])
     held = {True: "held", False: "reversed", None: "not resolved"}[finding.get("held")]
     style = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
              "table{border-collapse:collapse;margin:0.6em 0 1.4em;font-size:0.88em}td,th{border:1px solid #ccc;"
@@ -191,7 +240,9 @@ def page(config: Any, law: dict, results: dict[str, Any], clips: list[dict], tim
 fine-tuned it on <b>{e(new)}</b>. Forgetting is the mean drop in success on the retention tasks, episodes paired by
 seed. Final policies: {eps.get('final')} episodes per task and axis; mid-training policies: {eps.get('snapshot')}
 episodes per task on the in-distribution axis. Intervals are 95 % (Wilson for rates, paired bootstrap for
-differences).</p>
+differences). {starts_note(results, [*tasks, new])}</p>
+<p>Setting: {e(where['policy'])}, reading {e(where['observes'])}; {e(where['camera'])}; {e(where['warmup'])}.</p>
+{f"<p>Scenes built with stand-ins (results are not comparable with published SimplerEnv numbers):</p><ul>{stand_in_html}</ul>" if where["stand_ins"] else ""}
 <div class="finding"><b>Finding ({held}).</b> {e(finding['statement'])}</div>
 {f'<p>Language-model half of the experiment: <a href="{e(llm_report)}">the LLM report</a> (vla-cl llm).</p>' if llm_report else ""}
 <h2>pi0</h2>
@@ -242,7 +293,8 @@ def write(config: Any, pi0: str, trials: list[dict], law: dict, run_dir: Any, fo
                "runs": law["points"], "r2": law["r2"], "r2_final_only": law["r2_final"],
                "pareto": law["pareto"], "matched": law["matched"], "finding": law["finding"],
                "episodes": law["episodes"], "design_checks": law["design_checks"], "videos": clips,
-               "parity_r2_forward_kl_new": parity_r2, "config": json.loads(json.dumps(config.__dict__, default=str))}
+               "parity_r2_forward_kl_new": parity_r2, "setting": setting(config),
+               "config": json.loads(json.dumps(config.__dict__, default=str))}
     llm = latest_report("llm", run_dir.path)
     llm_link = os.path.relpath(llm, run_dir.path) if llm else None
     summary["llm_report"] = llm_link

@@ -53,7 +53,9 @@ def common_overrides(config: RazorConfig, pi0: Path, demos: Path) -> dict[str, l
 
     base = [f"task={config.new_task}", f"init={pi0}", f"num_envs={config.num_envs}", "eval_every=0",
             "eval_episodes=16", "probe_episodes=4", "progress=false", "tensorboard=false",
-            f"max_episode_steps={get_spec(config.new_task).max_episode_steps}"]
+            f"device={config.device}", f"lora_rank={config.lora_rank}", f"processes={str(config.processes).lower()}",
+            *[f"{key}={str(value).lower() if isinstance(value, bool) else value}" for key, value in
+              {"max_episode_steps": get_spec(config.new_task).max_episode_steps, **config.rollout_options()}.items()]]
     return {"rollouts": base, "demos": [*base, f"demos={demos}"]}
 
 
