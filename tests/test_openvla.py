@@ -420,7 +420,7 @@ def test_benchmark_tiny_smoke(capsys):
     spec.loader.exec_module(benchmark)
     assert benchmark.main(["--tiny", "--repeats", "1", "--batch-sizes", "1", "4"]) == 0
     out = capsys.readouterr().out
-    assert "actions/s" in out and "LoRA step" in out and "disable_adapter" in out
+    assert "actions/s" in out and "Warm-up SFT step" in out and "disable_adapter" in out
     # One PPO update per batch size through updater.prepare and the loop's optimise, RL4VLA's memory beside it.
     ppo = out[out.index("LoRA PPO update"):out.index("Memory of pi0")]
     assert "value head" in ppo and "PPO update s/step" in ppo and "(theirs)" in ppo and "44.4 GB" in ppo

@@ -58,6 +58,13 @@ def demos_dir(tmp_path_factory):
     return toy_demos(tmp_path_factory.mktemp("demos"), n_episodes=6, obs_mode="both", image_size=32)
 
 
+@pytest.fixture(scope="module")
+def openvla_demos(tmp_path_factory):
+    """Demonstrations at the tiny OpenVLA's own input side (train refuses images of another size)."""
+    side = get_policy_class("openvla").fresh_observations("tiny")[1]
+    return toy_demos(tmp_path_factory.mktemp("openvla_demos"), n_episodes=6, obs_mode="both", image_size=side)
+
+
 def toy_env(num_envs=1, obs_mode="state", **options):
     return make_vector(TASK, num_envs, obs_mode=obs_mode, image_size=32, **options)
 
@@ -177,9 +184,9 @@ def teachers(tmp_path_factory, demos_dir):
 
 @pytest.mark.parametrize("policy", REGISTERED)
 @pytest.mark.parametrize("name", UPDATERS)
-def test_every_updater_trains_every_registered_policy(name, policy, tmp_path, demos_dir, teachers):
+def test_every_updater_trains_every_registered_policy(name, policy, tmp_path, demos_dir, openvla_demos, teachers):
     out = tmp_path / "run"
-    extra = [f"demos={demos_dir}"] if name in DEMO_UPDATERS else []
+    extra = [f"demos={openvla_demos if policy == 'openvla' else demos_dir}"] if name in DEMO_UPDATERS else []
     extra += [f"teacher={teachers[policy]}"] if name == "distill" else []
     assert cli(["train", f"updater={name}", f"policy={policy}", *BASE, "iterations=2", f"out_dir={out}", "lora_rank=4",
                 "updater.episodes=4" if name not in DEMO_UPDATERS else "updater.batch_size=16", *extra]) == 0
@@ -502,14 +509,14 @@ def resume_args(name, out, demos_dir):
 
 
 @pytest.mark.parametrize("name", ["ppo", "sft"])
-def test_openvla_resumes_exactly_and_saves_only_its_adapters(name, tmp_path, demos_dir, monkeypatch):
+def test_openvla_resumes_exactly_and_saves_only_its_adapters(name, tmp_path, openvla_demos, monkeypatch):
     """A tiny OpenVLA with LoRA (and, for PPO, a value head on its hidden state), crashed in iteration 3 and
     started again: the same metrics and weights as an uninterrupted run; its checkpoints hold the adapters
     and the value head only, and load_policy rebuilds the fine-tuned policy from them."""
     from vla_cl.policies.checkpoint import read_config_json
     from vla_cl.updaters import loop
 
-    args = [*resume_args(name, tmp_path / "whole", demos_dir), "policy=openvla", "lora_rank=4"]
+    args = [*resume_args(name, tmp_path / "whole", openvla_demos), "policy=openvla", "lora_rank=4"]
     assert cli(args) == 0
     real_optimise, calls = loop.optimise, []
 

@@ -344,14 +344,15 @@ def run(config: DemosConfig, run_dir) -> int:
                           image_size=config.image_size, camera_size=config.camera_size,
                           only_success=config.only_success, max_attempts=config.max_attempts, log=run_dir.log)
     save_demos(demos, folder)
-    seconds = round(time.perf_counter() - start, 2)
+    elapsed = time.perf_counter() - start
+    seconds = round(elapsed, 2)
     summary = summary_of(config, demos.meta, folder, seconds=seconds)
     write_json_atomic(run_dir.path / "summary.json", summary)
     low, high = summary["success_ci95"]
     counts = demos.meta["counts"]
     print(f"[demos] {config.task}: kept {counts['episodes']} episodes ({counts['steps']} steps) of "
           f"{counts['attempts']} attempts, expert success {demos.meta['success_rate']:.0%} (95 % interval "
-          f"{low:.0%}-{high:.0%}); {counts['steps'] / seconds:.1f} steps/s recorded; in {folder}")
+          f"{low:.0%}-{high:.0%}); {counts['steps'] / max(elapsed, 1e-6):.1f} steps/s recorded; in {folder}")
     return 0 if counts["episodes"] == config.n else 1
 
 
