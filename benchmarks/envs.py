@@ -17,6 +17,11 @@ Columns (steps/s, single env, one process):
 
 Episodes auto-restart from consecutive seeds when they end. Timings are the best of ``--repeats``
 runs; the machine's cores are shared, so expect noise.
+
+A second table, when the SimplerEnv Bridge assets are under ``MS_ASSET_DIR`` (else it says it skipped them):
+each Bridge scene observing camera images (rgb, resized to 224 px), steps/s with random and with expert actions
+at the native 640x480 camera (SimplerEnv's protocol) and at the reduced ``--camera-sizes`` (e.g. 160x120), and
+each reduced size's speed-up over the native camera, measured side by side in the same run.
 """
 
 from __future__ import annotations
@@ -116,9 +121,9 @@ class PolicyActions:
         return self.tokenizer.unnormalize(normalized).astype(np.float32)
 
 
-def measure(task_id: str, steps: int, repeats: int, obs_mode: str, seed: int = 0) -> dict:
+def measure(task_id: str, steps: int, repeats: int, obs_mode: str, seed: int = 0, **options) -> dict:
     start = time.perf_counter()
-    env = make(task_id, obs_mode=obs_mode, image_size=128)
+    env = make(task_id, obs_mode=obs_mode, **{"image_size": 128, **options})
     created = time.perf_counter() - start
     columns = {"random": lambda: RandomActions(env, seed, steps)}
     if has_expert(task_id):
@@ -139,6 +144,42 @@ def measure(task_id: str, steps: int, repeats: int, obs_mode: str, seed: int = 0
             "policy": best.get("policy", nan), "ratio": ratio if "policy" in best else nan}
 
 
+def bridge_assets() -> str | None:
+    """Why the Bridge table cannot run here (missing assets), or None."""
+    from vla_cl.envs.assets import MissingAssetError, check_assets
+
+    try:
+        check_assets(("bridge_v2_real2sim", "widowx250s"))
+    except MissingAssetError as error:
+        return str(error).splitlines()[0]
+    return None
+
+
+def bridge_table(tasks: list[str], camera_sizes: list[int], steps: int, repeats: int) -> None:
+    """Steps/s of the Bridge scenes at the native camera and at each reduced one (see the module docstring)."""
+    import warnings
+
+    missing = bridge_assets()
+    if missing:
+        print(f"\nBridge scenes skipped: {missing}")
+        return
+    sizes = [None, *camera_sizes]
+    label = lambda size: "640x480" if size is None else f"{size}x{round(size * 3 / 4)}"
+    print(f"\nBridge scenes, rgb observations resized to 224 px, env steps/s (random / expert), {steps} steps x best "
+          f"of {repeats}; speed-up of each reduced camera over 640x480 (random actions)")
+    header = f"{'task':34s} " + " ".join(f"{label(z):>17s}" for z in sizes) + " " + " ".join(
+        f"{'x ' + label(z):>11s}" for z in camera_sizes)
+    print(header)
+    print("-" * len(header))
+    for task in tasks:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the offline copy's stand-in notices, once per scene
+            rows = {z: measure(task, steps, repeats, "rgb", image_size=224, camera_size=z) for z in sizes}
+        cells = " ".join(f"{rows[z]['random']:8.1f} /{rows[z]['expert']:7.1f}" for z in sizes)
+        ups = " ".join(f"{rows[z]['random'] / rows[None]['random']:11.2f}" for z in camera_sizes)
+        print(f"{task:34s} {cells} {ups}", flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="one task, few steps (smoke test)")
@@ -146,6 +187,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=300, help="timed steps per column")
     parser.add_argument("--repeats", type=int, default=2, help="runs per column; the best is reported")
     parser.add_argument("--obs-mode", default="state", choices=("state", "rgb", "both"))
+    parser.add_argument("--bridge", nargs="*", default=None,
+                        help="Bridge scenes for the camera table (default: all four; --quick: the carrot scene)")
+    parser.add_argument("--camera-sizes", type=int, nargs="+", default=[160], help="reduced Bridge camera widths")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     tasks = args.tasks or (["maniskill/PushCube-v1"] if args.quick else list_tasks("maniskill"))
@@ -160,6 +204,8 @@ def main(argv: list[str] | None = None) -> int:
         r = measure(task, steps, repeats, args.obs_mode)
         print(f"{r['task']:34s} {r['create_s']:8.1f} {r['random']:8.1f} {r['expert']:8.1f} {r['policy']:8.1f} "
               f"{r['ratio']:6.2f}", flush=True)
+    bridge = args.bridge or (["simpler/widowx_carrot_on_plate"] if args.quick else list_tasks("simpler"))
+    bridge_table(bridge, args.camera_sizes, *((20, 1) if args.quick else (max(60, steps // 3), repeats)))
     return 0
 
 

@@ -6,9 +6,10 @@
 Four tables:
 1. Batched action generation (prefill + 6 KV-cached steps, greedy) at batch 1, 8 and 32:
    seconds per batch, actions/s (one action = 7 tokens), peak memory.
-2. One LoRA training step at batch 8 (rank 32, all linear layers of the LLM, AdamW): a behaviour-cloning
-   loss alone, and the same loss plus KL(pi0 || pi) where pi0's logits come from a second forward with
-   the adapter disabled. Seconds per step and peak memory of each.
+2. One warm-up SFT step at batch 8 (LoRA rank 32 on all linear layers of the LLM, AdamW; what ``vla-cl pretrain
+   policy=openvla`` and the razor's pi0 stage run): the ``sft`` updater (hard labels, OpenVLA's own warm-up
+   recipe) through the training loop's ``optimise``, and ``sft_kl`` (the same plus KL(pi0 || pi), pi0's logits
+   from a second forward with the adapter disabled). Seconds per step and peak memory of each.
 3. One LoRA PPO update at batch 8 and 32 (rank 32, a value head on the LLM's last prompt hidden state,
    RL4VLA's lr 1e-4, one epoch, one minibatch, no KL term): the rows are the policy's own sampled actions
    (temperature 1) laid out as ``Rollouts`` (episodes of 4 steps, every other one a success), turned into
@@ -42,7 +43,6 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
 from vla_cl.benchmarking import print_table
-from vla_cl.kl import action_log_probs, forward_kl
 from vla_cl.policies.base import ObsBatch
 from vla_cl.policies.openvla import OpenVLAConfig, OpenVLAPolicy
 from vla_cl.policies.openvla.processing import standin_tokenizer
@@ -146,31 +146,24 @@ def measure_generation(policy: OpenVLAPolicy, args: argparse.Namespace, meter: M
 
 
 def measure_lora_steps(policy: OpenVLAPolicy, trainable: list[torch.nn.Parameter], args: argparse.Namespace,
-                       meter: Meter, generator: torch.Generator) -> None:
-    """One behaviour-cloning step, with and without KL(pi0 || pi) through the disabled adapter."""
-    optimizer = torch.optim.AdamW(trainable, lr=1e-5)
-    batch = batch_of(args.train_batch, args.image_size, generator)
-    support = policy.action_support
-    targets = torch.randint(support.start, support.stop, (args.train_batch, policy.action_dim), generator=generator)
-
-    def step(with_reference: bool) -> None:
-        logits = policy.action_logits(batch, targets)
-        loss = -action_log_probs(logits, targets.to(logits.device), support).mean()
-        if with_reference:
-            with policy.reference():
-                base_logits = policy.action_logits(batch, targets)
-            loss = loss + 0.1 * forward_kl(base_logits, logits, support).mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
+                       meter: Meter, device: torch.device, generator: torch.Generator) -> None:
+    """One warm-up SFT step through the loop's ``optimise`` (see the module docstring), with and without KL."""
+    batch = Batch(batch_of(args.train_batch, args.image_size, generator),
+                  torch.randint(policy.action_support.start, policy.action_support.stop,
+                                (args.train_batch, policy.action_dim), generator=generator))
+    rng = np.random.default_rng(args.seed)
     rows = []
-    for label, with_reference in (("BC loss", False), ("BC + KL(pi0 || pi), pi0 by disable_adapter", True)):
-        seconds, peak = meter.run(lambda flag=with_reference: step(flag), args.repeats)
-        rows.append([label, f"{seconds:.3f}", gb(peak)])
+    for label, name, extra in (("warm-up SFT (hard labels)", "sft", {}),
+                               ("SFT + 0.1 KL(pi0 || pi), pi0 by disable_adapter", "sft_kl", {"kl_coef": 0.1})):
+        updater = make_updater(name, lr=5e-4, batch_size=args.train_batch, minibatches=1, label_sigma=0.0, **extra)
+        optimizer = make_optimizer(trainable, updater.config)
+        step = lambda updater=updater, optimizer=optimizer: optimise(policy, updater, batch, optimizer, 0, 1, rng,
+                                                                     device)
+        seconds, peak = meter.run(step, args.repeats)
+        rows.append([label, f"{seconds:.3f}", f"{args.train_batch / seconds:.1f}", gb(peak)])
     n_lora = sum(p.numel() for p in trainable)
-    print_table(f"LoRA step (batch {args.train_batch}, rank {args.lora_rank}, {n_lora:,} trainable parameters)",
-                ["LoRA step", "s/step", "peak memory (with weights)"], rows)
+    print_table(f"Warm-up SFT step (batch {args.train_batch}, LoRA rank {args.lora_rank}, {n_lora:,} trainable "
+                "parameters)", ["step", "s/step", "samples/s", "peak memory (with weights)"], rows)
 
 
 def measure_ppo(policy: OpenVLAPolicy, args: argparse.Namespace, meter: Meter, device: torch.device,
@@ -212,8 +205,10 @@ def main(argv: list[str] | None = None) -> int:
         device, dtype, config = torch.device("cpu"), torch.float32, OpenVLAConfig.tiny(norm_stats=STATS)
         text_tokenizer = standin_tokenizer()
     elif not torch.cuda.is_available():
-        print("no CUDA device, nothing measured: this benchmark measures OpenVLA-7B on a GPU (~40 GB of "
-              "memory). Run it on a CUDA machine, or pass --tiny for the CPU smoke run of the same code.")
+        print("no CUDA device, nothing measured. Skipped: OpenVLA-7B (bf16, random weights) batched generation at "
+              f"batch {', '.join(map(str, args.batch_sizes))}; the warm-up SFT step at batch {args.train_batch}; the "
+              f"LoRA PPO update at batch {', '.join(map(str, args.ppo_batches))}; with peak memory (~40 GB of GPU "
+              "memory needed). Run it on a CUDA machine, or pass --tiny for the CPU smoke run of the same code.")
         return 0  # not a failure: `make bench` runs every benchmark on whatever machine it is on
     else:
         device, dtype, config = torch.device("cuda"), torch.bfloat16, OpenVLAConfig.full_size(norm_stats=STATS)
@@ -237,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     trainable = policy.add_lora(rank=args.lora_rank)
     n_lora_bytes = sum(p.numel() * p.element_size() for p in trainable)
     policy.train()
-    measure_lora_steps(policy, trainable, args, meter, generator)
+    measure_lora_steps(policy, trainable, args, meter, device, generator)
     gc.collect()  # the BC step's optimiser state goes before PPO's own is measured
 
     policy.with_value_head(args.seed)  # trains with the adapters (policy.trainable_parameters())

@@ -144,3 +144,72 @@ def test_a_failed_expert_episode_is_never_recorded_as_a_success(monkeypatch):
     assert demos.meta["success_rate"] == 0.0 and not demos.arrays["success"].any()
     with pytest.raises(ValueError, match="succeeded in none of 2 attempts"):
         collect_demos(CARROT, 1, seed=0, max_attempts=2)
+
+
+# ------------------------------------------------------------------------------------------ image demonstrations
+
+
+@pytest.fixture(scope="module")
+def image_demos(tmp_path_factory):
+    """`vla-cl demos` of the carrot scene with camera images at a tiny OpenVLA's input size (28 px), and the state."""
+    from vla_cl.cli import main
+
+    out = tmp_path_factory.mktemp("demos") / "carrot"
+    assert main(["demos", f"task={CARROT}", "n=2", "obs_mode=both", "image_size=28", "camera_size=64",
+                 f"out_dir={out}"]) == 0
+    return out
+
+
+def test_image_demonstrations_hold_the_camera_image_at_the_policys_size(image_demos, capsys):
+    import json
+
+    from vla_cl.envs.demos import load_demos
+
+    demos = load_demos(image_demos)
+    assert demos.arrays["image"].shape[1:] == (28, 28, 3) and demos.arrays["state"].shape[1:] == (27,)
+    assert demos.meta["env_options"]["camera_size"] == 64 and demos.meta["success_rate"] == 1.0
+    summary = json.loads((image_demos / "summary.json").read_text())
+    assert summary["success_ci95"][0] > 0.1 and summary["steps_per_second"] > 0
+
+
+def test_training_refuses_demonstrations_of_another_image_or_camera_size(image_demos, tmp_path, capsys):
+    from vla_cl.cli import main
+
+    common = ["train", "updater=sft", f"task={CARROT}", f"demos={image_demos}", "iterations=1",
+              f"out_dir={tmp_path / 'run'}"]
+    assert main([*common, "policy=small_vlm", "policy_preset=tiny", "camera_size=64"]) == 2  # small_vlm reads 32 px
+    err = capsys.readouterr().err
+    assert "policy's input size 32 px" in err and "recorded at 28 px" in err
+    assert main([*common, "policy=openvla", "policy_preset=tiny"]) == 2  # 28 px, but rendered at camera_size=None
+    err = capsys.readouterr().err
+    assert "camera_size=None" in err and "camera_size=64" in err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_pretrain_warms_up_an_image_policy_on_several_scenes_and_measures_it(tmp_path):
+    from vla_cl.cli import main
+    from vla_cl.evaluation import read_result
+    from vla_cl.policies import load_policy
+
+    stack = "simpler/widowx_stack_cube"
+    for policy, reads in (("small_vlm", 32), ("openvla", 28)):
+        out = tmp_path / policy
+        assert main(["pretrain", f"policy={policy}", "policy_preset=tiny", f"tasks=[{CARROT},{stack}]", "demos=1",
+                     "epochs=1", "camera_size=64", "eval_episodes=1", "workers=1", "progress=false",
+                     f"out_dir={out}"] + (["image_size=32"] if policy == "small_vlm" else [])) == 0
+        warmed = load_policy(out / "artifacts" / "policy")
+        assert warmed.image_size == reads and warmed.name == policy
+        assert read_result(out / "eval").tasks == [CARROT, stack]
+        if policy == "openvla":  # the adapters and a reference to the (random toy) base, nothing more
+            assert warmed.has_adapter and warmed.config_dict()["base"]["kind"] == "random"
+
+
+def test_the_razor_on_missing_bridge_assets_stops_before_any_episode(tmp_path, monkeypatch, capsys):
+    from vla_cl.cli import main
+
+    monkeypatch.setenv("MS_ASSET_DIR", str(tmp_path / "empty"))
+    assert main(["razor", "preset=vision", f"out_dir={tmp_path / 'run'}"]) == 2
+    err = capsys.readouterr().err
+    assert "bridge_v2_real2sim" in err and "download_asset" in err
+    assert not (tmp_path / "run").exists() and not (tmp_path / "empty").exists()

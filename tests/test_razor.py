@@ -80,7 +80,8 @@ def test_the_bridge_presets_compose_into_the_experiment_their_files_describe(tmp
     assert stages["sweep"]["policy_hours"] > 0 and stages["evaluation"]["env_steps"] > stages["pi0_eval"]["env_steps"]
     vision = compose("razor", RazorConfig, ["preset=vision"])
     assert vision.policy == "small_vlm" and vision.camera_size == 160 and vision.label_sigma == 0.0
-    assert {"camera_size": 160} == vision.experiment_suite().tasks[0].options
+    assert {"camera_size": 160} == vision.experiment_suite().tasks[0].options and "updater.update_epochs=1" in \
+        next(t for t in vision.trials() if t.method == "ppo").overrides
     assert vision.pretrain_config(None).tasks[-1] == vision.new_task  # the new task's warm-up demonstrations
     assert vision.pretrain_config(None).demos_of(vision.new_task) == vision.new_task_warmup == 10
     assert RazorConfig().label_sigma == 2.0  # the state default keeps its soft labels

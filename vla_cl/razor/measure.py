@@ -24,8 +24,8 @@ import torch
 
 from vla_cl.files import write_json_atomic
 from vla_cl.kl import collect_activations, diagonal_fisher, parameter_snapshot, weight_deltas
-from vla_cl.kl.predictors import lora_weight_deltas
 from vla_cl.kl.compare import output_predictors, representation_predictors, weight_predictors
+from vla_cl.kl.predictors import lora_weight_deltas
 from vla_cl.policies.base import ObsBatch, Policy
 
 MAX_PROBE_STATES = 512

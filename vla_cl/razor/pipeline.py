@@ -14,7 +14,9 @@ finished (and resumed where it stopped otherwise):
     law         the fits, Pareto frontiers, matched-success comparisons and the finding
     report      summary.json, report.html with plots and videos
 
-A table of stage timings is printed at the end (and kept in ``timings.json``).
+Before the first stage the plan of the run is printed (and kept in ``plan.json``): each stage's work and an
+estimate of its hours (``vla_cl.razor.budget``). A table of stage timings is printed at the end (and kept in
+``timings.json``).
 """
 
 from __future__ import annotations
@@ -73,14 +75,13 @@ def stage_demos(config: RazorConfig, folder: Path, pi0_folder: Path, workers: in
         prior += expert_demos([config.new_task], config.new_task_warmup, config.seed,
                               pi0_folder / "artifacts" / "demos", **recorded)
     (new,) = expert_demos([config.new_task], config.new_task_demos, config.seed, folder, **recorded)
-    counts = {f"{d.meta['task_id']} ({d.meta['counts']['episodes']})": d.meta["counts"] for d in [*prior, new]}
-    rates = {}
-    for d in [*prior, new]:
-        c = d.meta["counts"]
-        rates[d.meta["task_id"]] = d.meta["success_rate"]
-        log(f"[razor]   {d.meta['task_id']}: {c['episodes']} demonstrations ({c['steps']} steps, {c['attempts']} "
-            f"attempts, expert success {d.meta['success_rate']:.0%})")
-    return {"counts": counts, "expert_success": rates}
+    sets = {f"{d.meta['task_id']} ({d.meta['counts']['episodes']})": d.meta for d in [*prior, new]}
+    for meta in sets.values():
+        c = meta["counts"]
+        log(f"[razor]   {meta['task_id']}: {c['episodes']} demonstrations ({c['steps']} steps, {c['attempts']} "
+            f"attempts, expert success {meta['success_rate']:.0%})")
+    return {"counts": {name: meta["counts"] for name, meta in sets.items()},
+            "expert_success": {name: meta["success_rate"] for name, meta in sets.items()}}
 
 
 def stage_pi0(config: RazorConfig, folder: Path, workers: int) -> dict:
@@ -102,8 +103,9 @@ def stage_pi0(config: RazorConfig, folder: Path, workers: int) -> dict:
     words = pi0.add_instruction(new, init_from=source)
     pi0.save_pretrained(folder / "pi0_for_new_task", metadata={"new_task": config.new_task, "init_from": source,
                                                                "added_words": words})
-    log(f"[razor]   pi0: {sum(p.numel() for p in pi0.parameters()):,} parameters; the new task's words {words} "
-        + (f"start as in {source!r}" if source else "start at random"))
+    start = f"start as in {source!r}" if source else "start at random"
+    log(f"[razor]   pi0: {sum(p.numel() for p in pi0.parameters()):,} parameters; "
+        + (f"the new task's words {words} {start}" if words else "it knows every word of the new task's instruction"))
     return {"policy": str(folder / "pi0_for_new_task"), "added_words": words}
 
 

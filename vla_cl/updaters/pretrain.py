@@ -263,8 +263,9 @@ def build_policy(config: PretrainConfig, demos, instructions: list[str]):
         base.pop("value_head", None)
         policy = make_policy(config.policy, **{**base, "tokenizer": tokenizer, "instructions": instructions,
                                                "state_dim": state_dim, **options})
-    torch.manual_seed(derived_seed(config.seed, 100, 1))  # adapters start from the run's seed
-    policy.prepare_finetuning(lora_rank=config.lora_rank)
+    with torch.random.fork_rng():  # adapters start from the run's seed; the global stream goes on as before
+        torch.manual_seed(derived_seed(config.seed, 100, 1))
+        policy.prepare_finetuning(lora_rank=config.lora_rank)
     return policy
 
 
