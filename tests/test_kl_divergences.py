@@ -11,7 +11,7 @@ from hypothesis.extra.numpy import arrays
 
 from vla_cl.kl import (
     OPENVLA_ACTION_SLICE,
-    categorical_kl,
+    entropy,
     forward_kl,
     kl_from_reference_terms,
     l2_distance,
@@ -19,6 +19,7 @@ from vla_cl.kl import (
     reference_terms,
     resolve_support,
     reverse_kl,
+    support_log_softmax,
     total_variation,
 )
 from vla_cl.tokenizer import ActionTokenizer
@@ -42,7 +43,7 @@ def logits_of(probs):
 
 def test_bernoulli_kl_in_closed_form():
     expected = 0.3 * math.log(0.3 / 0.6) + 0.7 * math.log(0.7 / 0.4)
-    got = categorical_kl(logits_of([0.3, 0.7]), logits_of([0.6, 0.4]))
+    got = forward_kl(logits_of([0.3, 0.7]), logits_of([0.6, 0.4]))
     assert got.dtype == torch.float64
     assert float(got) == pytest.approx(expected, abs=1e-14)
 
@@ -50,7 +51,7 @@ def test_bernoulli_kl_in_closed_form():
 def test_explicit_vectors_by_hand():
     p, q = logits_of([0.5, 0.25, 0.25]), logits_of([0.25, 0.25, 0.5])
     # 0.5 ln(0.5/0.25) + 0 + 0.25 ln(0.25/0.5) = 0.25 ln 2
-    assert float(categorical_kl(p, q)) == pytest.approx(0.25 * math.log(2), abs=1e-14)
+    assert float(forward_kl(p, q)) == pytest.approx(0.25 * math.log(2), abs=1e-14)
     p, q = logits_of([0.7, 0.2, 0.1]), logits_of([0.1, 0.3, 0.6])
     forward = 0.7 * math.log(7) + 0.2 * math.log(2 / 3) + 0.1 * math.log(1 / 6)
     backward = 0.1 * math.log(1 / 7) + 0.3 * math.log(3 / 2) + 0.6 * math.log(6)
@@ -63,7 +64,7 @@ def test_explicit_vectors_by_hand():
 def test_batched_float32_matches_numpy_reference_with_any_leading_dims():
     generator = torch.Generator().manual_seed(0)
     p, q = torch.randn(3, 5, 17, generator=generator) * 3, torch.randn(3, 5, 17, generator=generator) * 3
-    got = categorical_kl(p, q)
+    got = forward_kl(p, q)
     assert got.shape == (3, 5) and got.dtype == torch.float32
     np.testing.assert_allclose(got.numpy(), numpy_kl(p.numpy(), q.numpy()), rtol=1e-5, atol=1e-6)
 
@@ -72,14 +73,14 @@ def test_many_rows_span_several_chunks():
     generator = torch.Generator().manual_seed(1)
     p, q = torch.randn(5000, 256, generator=generator), torch.randn(5000, 256, generator=generator)
     np.testing.assert_allclose(
-        categorical_kl(p, q).numpy(), numpy_kl(p.numpy(), q.numpy()), rtol=1e-5, atol=1e-6
+        forward_kl(p, q).numpy(), numpy_kl(p.numpy(), q.numpy()), rtol=1e-5, atol=1e-6
     )
 
 
 def test_stable_for_large_and_spread_logits():
     p, q = torch.tensor([[1000.0, 999.0, 0.0]]), torch.tensor([[1000.0, 1001.0, -500.0]])
-    np.testing.assert_allclose(categorical_kl(p, q).numpy(), numpy_kl(p.numpy(), q.numpy()), rtol=1e-5)
-    assert float(categorical_kl(p + 1e4, q - 1e4)) == pytest.approx(float(categorical_kl(p, q)), rel=1e-4)
+    np.testing.assert_allclose(forward_kl(p, q).numpy(), numpy_kl(p.numpy(), q.numpy()), rtol=1e-5)
+    assert float(forward_kl(p + 1e4, q - 1e4)) == pytest.approx(float(forward_kl(p, q)), rel=1e-4)
 
 
 def test_bfloat16_input_is_computed_in_float32():
@@ -88,7 +89,7 @@ def test_bfloat16_input_is_computed_in_float32():
         torch.randn(64, 256, generator=generator).bfloat16(),
         torch.randn(64, 256, generator=generator).bfloat16(),
     )
-    got = categorical_kl(p, q)
+    got = forward_kl(p, q)
     assert got.dtype == torch.float32
     # The reference sees exactly the bf16 values; the only error left is float32 arithmetic.
     np.testing.assert_allclose(
@@ -129,6 +130,61 @@ def test_log_probs_are_normalised_over_the_support():
     assert log_probs(logits, "action", dtype=torch.bfloat16).dtype == torch.bfloat16
 
 
+def test_support_log_softmax_keeps_the_compute_dtype_rules():
+    generator = torch.Generator().manual_seed(5)
+    wide = torch.randn(3, 2, 40, generator=generator, dtype=torch.float64)
+    support = range(8, 24)
+    reference = np.asarray(wide[..., 8:24].numpy())
+    reference = reference - reference.max(-1, keepdims=True)
+    reference = reference - np.log(np.exp(reference).sum(-1, keepdims=True))
+    got = support_log_softmax(wide, support)
+    assert got.dtype == torch.float64 and got.shape == (3, 2, 16)  # float64 stays float64
+    np.testing.assert_allclose(got.numpy(), reference, rtol=0, atol=1e-12)
+    half = wide.bfloat16()
+    assert support_log_softmax(half, support).dtype == torch.float32  # 16-bit floats computed in float32
+    assert torch.equal(support_log_softmax(half, support), torch.log_softmax(half[..., 8:24].float(), -1))
+    # dtype= computes in that dtype (the probe's float32), which is not rounding a float64 result
+    assert torch.equal(support_log_softmax(wide, support, dtype=torch.float32),
+                       torch.log_softmax(wide[..., 8:24].float(), -1))
+    # unchecked: a -inf logit is a masked column, not an error (log_probs refuses it)
+    masked = torch.tensor([0.0, float("-inf"), 0.0], dtype=torch.float64)
+    assert support_log_softmax(masked).tolist() == [-math.log(2), float("-inf"), -math.log(2)]
+    with pytest.raises(ValueError, match="finite"):
+        log_probs(masked)
+
+
+def test_entropy_by_hand_against_categorical_and_with_masked_columns():
+    logits = logits_of([[0.5, 0.25, 0.25], [1 / 3, 1 / 3, 1 / 3]])
+    by_hand = [-(0.5 * math.log(0.5) + 0.5 * math.log(0.25)), math.log(3)]
+    got = entropy(logits)
+    assert got.dtype == torch.float64 and got.tolist() == pytest.approx(by_hand, abs=1e-14)
+    generator = torch.Generator().manual_seed(6)
+    batch = torch.randn(4, 7, 32064, generator=generator)
+    expected = torch.distributions.Categorical(logits=batch[..., OPENVLA_ACTION_SLICE]).entropy()
+    torch.testing.assert_close(entropy(batch, "action"), expected)
+    assert entropy(batch.bfloat16(), "action").dtype == torch.float32
+    # 0 log 0 = 0: a -inf logit gives the entropy of the rest, where the unguarded formula gives NaN
+    masked = torch.tensor([[0.0, 0.0, float("-inf")]])
+    assert float(entropy(masked)) == pytest.approx(math.log(2), abs=1e-7)
+    log_p = torch.log_softmax(masked, -1)
+    assert math.isnan(float(-(log_p.exp() * log_p).sum()))
+    # and its gradient is finite there too: by hand, dH/dz_v = -p_v (log p_v + H), 0 on the masked column
+    leaf = masked.clone().requires_grad_()
+    entropy(leaf).sum().backward()
+    assert leaf.grad.tolist() == [[0.0, 0.0, 0.0]]  # the uniform pair is at its maximum
+    skewed = torch.tensor([[math.log(3.0), 0.0, float("-inf")]], requires_grad=True)
+    entropy(skewed).sum().backward()
+    h = -(0.75 * math.log(0.75) + 0.25 * math.log(0.25))
+    assert skewed.grad[0].tolist() == pytest.approx(
+        [-0.75 * (math.log(0.75) + h), -0.25 * (math.log(0.25) + h), 0.0], abs=1e-6
+    )
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises(ValueError, match=r"distribution at \(1,\)"):
+            entropy(torch.tensor([[0.0, 1.0], [bad, 0.0]]))
+    with pytest.raises(ValueError, match="no finite one"):
+        entropy(torch.full((1, 3), float("-inf")))
+
+
 def test_kl_from_cached_reference_terms():
     generator = torch.Generator().manual_seed(4)
     p, q = torch.randn(6, 7, 256, generator=generator), torch.randn(6, 7, 256, generator=generator)
@@ -146,7 +202,7 @@ finite_logits = arrays(np.float64, st.integers(2, 12), elements=st.floats(-30, 3
 def test_properties_of_every_divergence(p, data):
     q = data.draw(arrays(np.float64, p.shape, elements=st.floats(-30, 30)))
     pt, qt = torch.tensor(p, dtype=torch.float32), torch.tensor(q, dtype=torch.float32)
-    kl = float(categorical_kl(pt, qt))
+    kl = float(forward_kl(pt, qt))
     tv = float(total_variation(pt, qt))
     assert kl >= 0.0 and float(reverse_kl(pt, qt)) >= 0.0
     assert 0.0 <= tv <= 1.0 + 1e-6
@@ -154,18 +210,21 @@ def test_properties_of_every_divergence(p, data):
     # Pinsker's inequality, up to the float32 rounding of the KL (about 1e-7 absolute when the logits are
     # of order 30): near p == q a tolerance on sqrt(kl / 2) would be far too tight.
     assert 2 * tv**2 <= kl + 1e-6
-    for fn in (categorical_kl, reverse_kl, total_variation, l2_distance):
+    for fn in (forward_kl, reverse_kl, total_variation, l2_distance):
         assert float(fn(pt, pt)) == 0.0
+    # Entropy: torch.distributions' own formula is the reference; uniform is the maximum.
+    assert float(entropy(pt)) == pytest.approx(float(torch.distributions.Categorical(logits=pt).entropy()), abs=1e-5)
+    assert -1e-6 <= float(entropy(pt)) <= math.log(len(p)) + 1e-6
     # bfloat16 in, float32 arithmetic out: equal to the float64 KL of the same (rounded) values.
     pb, qb = pt.bfloat16(), qt.bfloat16()
-    kl_bf16 = categorical_kl(pb, qb)
+    kl_bf16 = forward_kl(pb, qb)
     assert kl_bf16.dtype == torch.float32
     assert float(kl_bf16) == pytest.approx(
         float(numpy_kl(pb.double().numpy(), qb.double().numpy())), rel=1e-4, abs=1e-5
     )
 
 
-@pytest.mark.parametrize("fn", [categorical_kl, reverse_kl, total_variation, l2_distance])
+@pytest.mark.parametrize("fn", [forward_kl, reverse_kl, total_variation, l2_distance])
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
 @pytest.mark.parametrize("side", [0, 1])
 def test_non_finite_logits_raise_naming_argument_and_value(fn, bad, side):
@@ -181,14 +240,14 @@ def test_non_finite_logits_raise_naming_argument_and_value(fn, bad, side):
 
 def test_shape_and_dtype_mismatches_raise():
     with pytest.raises(
-        ValueError, match=r"p_logits and q_logits must have the same shape.*\(2, 4\).*\(2, 5\)"
+        ValueError, match=r"base_logits and logits must have the same shape.*\(2, 4\).*\(2, 5\)"
     ):
-        categorical_kl(torch.zeros(2, 4), torch.zeros(2, 5))
+        forward_kl(torch.zeros(2, 4), torch.zeros(2, 5))
     with pytest.raises(ValueError, match=r"same dtype.*bfloat16"):
-        categorical_kl(torch.zeros(2, 4), torch.zeros(2, 4, dtype=torch.bfloat16))
-    with pytest.raises(ValueError, match="p_logits must have a floating dtype"):
-        categorical_kl(torch.zeros(2, 4, dtype=torch.long), torch.zeros(2, 4))
+        forward_kl(torch.zeros(2, 4), torch.zeros(2, 4, dtype=torch.bfloat16))
+    with pytest.raises(ValueError, match="base_logits must have a floating dtype"):
+        forward_kl(torch.zeros(2, 4, dtype=torch.long), torch.zeros(2, 4))
     with pytest.raises(ValueError, match="base_logits must be a torch.Tensor"):
         forward_kl(np.zeros(4), torch.zeros(4))
     with pytest.raises(ValueError, match="vocabulary"):
-        categorical_kl(torch.zeros(()), torch.zeros(()))
+        forward_kl(torch.zeros(()), torch.zeros(()))

@@ -100,16 +100,37 @@ def test_clipped_surrogate_by_hand():
     # One position, two actions; pi(a=0) = 0.6 now, pi_old(a=0) = 0.4 -> ratio 1.5.
     logits = t([[math.log(0.6), math.log(0.4)]], grad=True)
     old = torch.log(t([0.4]))
-    positive = policy_gradient_loss(logits, torch.tensor([0]), t([2.0]), old_log_probs=old, clip_eps=0.2)
+    positive = policy_gradient_loss(logits, torch.tensor([0]), t([2.0]), old_log_probs=old, token_clip_eps=0.2)
     assert val(positive["loss_policy"]) == pytest.approx(-1.2 * 2.0)  # clipped at 1 + eps
     assert val(positive["clip_fraction"]) == 1.0
     positive["loss"].backward()
     assert logits.grad.abs().max() == 0.0  # outside the trust region with A > 0: no push further
     logits.grad = None
-    negative = policy_gradient_loss(logits, torch.tensor([0]), t([-2.0]), old_log_probs=old, clip_eps=0.2)
+    negative = policy_gradient_loss(logits, torch.tensor([0]), t([-2.0]), old_log_probs=old, token_clip_eps=0.2)
     assert val(negative["loss_policy"]) == pytest.approx(1.5 * 2.0)  # min picks the unclipped 1.5 * A
     negative["loss"].backward()
     assert logits.grad[0, 0] > 0  # gradient descent lowers the logit of the over-weighted bad action
+
+
+def test_token_clip_and_whole_action_clip_by_hand():
+    # One action of D = 2 tokens, each token's ratio 1.5 (pi 0.6 now, 0.4 before): the action's ratio is 2.25.
+    logits = t([[[math.log(0.6), math.log(0.4)], [math.log(0.6), math.log(0.4)]]], grad=True)  # (1, 2, 2)
+    tokens, old = torch.tensor([[0, 0]]), torch.log(t([[0.4, 0.4]]))
+    advantage = t([-1.0])
+    per_token = policy_gradient_loss(logits, tokens, advantage, old_log_probs=old, token_clip_eps=0.6,
+                                     reduction="sequence_mean")
+    # |1.5 - 1| < 0.6: neither token is clipped, the loss is -(sum over tokens of rho_d A) = 1.5 + 1.5
+    assert val(per_token["loss_policy"]) == pytest.approx(3.0) and val(per_token["clip_fraction"]) == 0.0
+    whole = ppo_policy_loss(torch.log(t([[0.6, 0.6]])).sum(-1), old.sum(-1), advantage, clip_eps=0.6)
+    # |2.25 - 1| > 0.6: the action is clipped, min(2.25 A, 1.6 A) = -2.25 (A < 0 keeps the unclipped one)
+    assert val(whole["loss_policy"]) == pytest.approx(2.25) and val(whole["clip_fraction"]) == 1.0
+    # With one token per action the two are the same number.
+    one = policy_gradient_loss(logits[:, :1], tokens[:, :1], advantage, old_log_probs=old[:, :1], token_clip_eps=0.2)
+    assert val(one["loss_policy"]) == pytest.approx(
+        val(ppo_policy_loss(torch.log(t([0.6])), old[:, 0], advantage, clip_eps=0.2)["loss_policy"])
+    )
+    with pytest.raises(ValueError, match=r"token_clip_eps must lie in \(0, 1\)"):
+        policy_gradient_loss(logits, tokens, advantage, old_log_probs=old, token_clip_eps=1.0)
 
 
 def test_action_token_logits_with_mask_and_both_reductions():

@@ -1,17 +1,19 @@
 """The task registry: every simulated task, under one id scheme, created through one function.
 
 Task ids are ``<suite>/<name>`` (``maniskill/PickCube-v1``, ``simpler/widowx_carrot_on_plate``).
-A task module registers :class:`TaskSpec` entries when imported; :data:`TASK_MODULES` lists those
-modules so that ``list_tasks()`` and ``make()`` import them (and the simulator) only when asked.
+A task module registers :class:`TaskSpec` entries in ``TASKS`` (a :class:`vla_cl.registry.Registry`) when
+imported; :data:`TASK_MODULES` lists those modules so that ``list_tasks()`` and ``make()`` import them
+only when asked (a module appended later is imported on the next lookup), and the simulator only when a
+task is created.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib
-from typing import Any, Optional
+from typing import Any
 
 from vla_cl.config import option, require, require_choice
+from vla_cl.registry import Registry, load_reference
 
 # Modules that register tasks when imported (lazily, on first lookup).
 TASK_MODULES: list[str] = ["vla_cl.envs.panda", "vla_cl.envs.bridge"]
@@ -27,19 +29,19 @@ VISUALS = ("default", "shifted")
 class EnvOptions:
     """Options every task accepts (``vla_cl.envs.make(task_id, **options)``)."""
 
-    obs_mode: Optional[str] = option(None, "what observations carry: state (vector), rgb (image) or both; "
+    obs_mode: str | None = option(None, "what observations carry: state (vector), rgb (image) or both; "
                                      "None = the task's default (state; rgb for the SimplerEnv scenes)")
     image_size: int = option(224, "side of the square observation image in pixels (rgb/both)")
-    render_size: Optional[int] = option(None, "side of frames from env.render() (videos); None = no render camera")
-    camera_size: Optional[int] = option(None, "width in pixels the observation camera renders at before the image "
+    render_size: int | None = option(None, "side of frames from env.render() (videos); None = no render camera")
+    camera_size: int | None = option(None, "width in pixels the observation camera renders at before the image "
                                         "is resized to image_size (height keeps the camera's aspect); None = the "
                                         "task's own (640x480 on the SimplerEnv scenes, as their protocol; "
                                         "image_size on the Panda tasks)")
-    control_freq: Optional[int] = option(None, "control frequency in Hz where the backend allows; None = task default")
-    max_episode_steps: Optional[int] = option(None, "episode length; None = the task's default")
+    control_freq: int | None = option(None, "control frequency in Hz where the backend allows; None = task default")
+    max_episode_steps: int | None = option(None, "episode length; None = the task's default")
     privileged_state: bool = option(True, "append object/goal state to proprioception (for CPU-scale policies)")
     out_of_range: str = option("clip", "actions outside the action space: clip them or refuse (ValueError)")
-    seed: Optional[int] = option(None, "seed for the first reset when reset() gets none")
+    seed: int | None = option(None, "seed for the first reset when reset() gets none")
     layout: str = option("grid", "initial object positions: grid (the training grid), off_grid (held-out points "
                          "between grid points) or random (the simulator's own continuous draw)")
     instruction: str = option("default", "the episode's instruction: default (the task's) or paraphrase (one of "
@@ -96,36 +98,28 @@ class TaskSpec:
                              "is not available for it")
 
 
-_REGISTRY: dict[str, TaskSpec] = {}
-_loaded = False
+def _check_spec(task_id: str, spec: Any) -> None:
+    if not isinstance(spec, TaskSpec) or spec.task_id != task_id:
+        raise TypeError(f"task id {task_id!r} is registered as {spec!r}, not a TaskSpec with that id")
+
+
+# Filled by the modules in TASK_MODULES when a lookup first imports them.
+TASKS: Registry[TaskSpec] = Registry("task id", check=_check_spec, modules=TASK_MODULES)
 
 
 def register(spec: TaskSpec) -> TaskSpec:
-    if spec.task_id in _REGISTRY and _REGISTRY[spec.task_id] != spec:
-        raise ValueError(f"task id {spec.task_id!r} is already registered with a different spec")
-    _REGISTRY[spec.task_id] = spec
+    """Add a task (called by the task modules at import; registering the same spec again is a no-op)."""
+    TASKS.register(spec.task_id, spec)
     return spec
-
-
-def _load_task_modules() -> None:
-    global _loaded
-    if not _loaded:
-        for module in TASK_MODULES:
-            importlib.import_module(module)
-        _loaded = True
 
 
 def list_tasks(suite: str | None = None) -> list[str]:
     """All registered task ids, sorted; ``suite`` filters by prefix (``"maniskill"``, ``"simpler"``)."""
-    _load_task_modules()
-    return sorted(t for t in _REGISTRY if suite is None or t.split("/", 1)[0] == suite)
+    return [t for t in TASKS.names() if suite is None or t.split("/", 1)[0] == suite]
 
 
 def get_spec(task_id: str) -> TaskSpec:
-    _load_task_modules()
-    if task_id not in _REGISTRY:
-        raise ValueError(f"unknown task id {task_id!r}. Valid task ids: {', '.join(list_tasks())}")
-    return _REGISTRY[task_id]
+    return TASKS.get(task_id)
 
 
 def make(task_id: str, **options: Any):
@@ -139,6 +133,4 @@ def make(task_id: str, **options: Any):
     if env_options.obs_mode is None:
         env_options = dataclasses.replace(env_options, obs_mode=spec.default_obs_mode)
     spec.check_options(env_options)
-    module, _, attr = spec.factory.partition(":")
-    factory = getattr(importlib.import_module(module), attr)
-    return factory(spec, env_options)
+    return load_reference(spec.factory)(spec, env_options)

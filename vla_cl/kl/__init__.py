@@ -2,15 +2,16 @@
 tokens (the paper's predictor), its estimators and probe, the alternative predictors of the paper's
 Table 1, and the polynomial fit that ranks them.
 
-``divergences``: per-distribution KL / reverse KL / total variation / L2 from logits, and the action
-support. ``sequence``: KL over whole actions (chain rule, Monte Carlo). ``predictors`` and ``fisher``:
+``divergences``: per-distribution KL / reverse KL / total variation / L2 from logits, the action
+support, and the shared log-softmax over it (``support_log_softmax``; ``log_probs`` validated) and
+``entropy``. ``sequence``: KL over whole actions (chain rule, Monte Carlo). ``predictors`` and ``fisher``:
 weight- and representation-space predictors. ``fit``: R^2 of forgetting against a predictor.
 ``probe``: ``KLProbe``, the KL of a policy on a fixed new-task probe set.
 """
 
 from vla_cl.kl.divergences import (
     OPENVLA_ACTION_SLICE,
-    categorical_kl,
+    entropy,
     forward_kl,
     kl_from_reference_terms,
     l2_distance,
@@ -18,6 +19,7 @@ from vla_cl.kl.divergences import (
     reference_terms,
     resolve_support,
     reverse_kl,
+    support_log_softmax,
     total_variation,
 )
 from vla_cl.kl.fisher import diagonal_fisher
@@ -51,9 +53,9 @@ __all__ = [
     "action_log_probs",
     "action_token_kl",
     "activation_change",
-    "categorical_kl",
     "collect_activations",
     "diagonal_fisher",
+    "entropy",
     "fisher_weighted_l2",
     "fit_forgetting",
     "forward_kl",
@@ -71,6 +73,7 @@ __all__ = [
     "resolve_support",
     "reverse_kl",
     "sample_tokens",
+    "support_log_softmax",
     "total_variation",
     "update_spectral_norm",
     "weight_change_l1",

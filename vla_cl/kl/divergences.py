@@ -72,6 +72,17 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def support_log_softmax(
+    logits: torch.Tensor, support: Support = None, dtype: torch.dtype | None = None
+) -> torch.Tensor:
+    """log-softmax over the support's columns, shape (..., n_support), computed in ``compute_dtype`` of the
+    logits (or in ``dtype``). The one place this formula is written; it does not validate (``log_probs``
+    does), so callers that must accept -inf logits (masked columns) or check their own output use it."""
+    columns = resolve_support(support, logits.shape[-1])
+    dtype = compute_dtype(logits.dtype) if dtype is None else dtype
+    return torch.log_softmax(logits[..., columns].to(dtype), dim=-1)
+
+
 def check_logits(name: str, logits: torch.Tensor) -> None:
     """Reject what cannot be logits: non-tensors, non-float dtypes, empty vocabularies."""
     if not isinstance(logits, torch.Tensor):
@@ -129,8 +140,8 @@ def rowwise(
     step = max(1, _CHUNK_ELEMENTS.get(p.device.type, _DEVICE_CHUNK_ELEMENTS) // p_rows.shape[1])
     for start in range(0, p_rows.shape[0], step):
         stop = start + step
-        p_log = torch.log_softmax(p_rows[start:stop].to(dtype), dim=-1)
-        q_log = torch.log_softmax(q_rows[start:stop].to(dtype), dim=-1)
+        p_log = support_log_softmax(p_rows[start:stop], dtype=dtype)
+        q_log = support_log_softmax(q_rows[start:stop], dtype=dtype)
         out[start:stop] = fn(p_log, q_log)
     if not bool(torch.isfinite(out).all()):
         raise_if_nonfinite(p_name, p)
@@ -175,13 +186,9 @@ def _poison(p_log: torch.Tensor, q_log: torch.Tensor) -> torch.Tensor:
     return (p_log.amin(-1) + q_log.amin(-1)) * 0.0
 
 
-def categorical_kl(p_logits: torch.Tensor, q_logits: torch.Tensor, support: Support = None) -> torch.Tensor:
-    """KL(p || q) over the last dimension, from logits. Shape: the leading dims."""
-    return rowwise(kl_from_log_probs, "p_logits", p_logits, "q_logits", q_logits, support)
-
-
 def forward_kl(base_logits: torch.Tensor, logits: torch.Tensor, support: Support = None) -> torch.Tensor:
-    """KL(pi0 || pi) per distribution: the paper's forgetting predictor."""
+    """KL(pi0 || pi) per distribution, from logits (shape: the leading dims): the paper's forgetting
+    predictor, and the KL between any two categoricals, KL(p || q) = ``forward_kl(p, q)``."""
     return rowwise(kl_from_log_probs, "base_logits", base_logits, "logits", logits, support)
 
 
@@ -202,14 +209,33 @@ def l2_distance(base_logits: torch.Tensor, logits: torch.Tensor, support: Suppor
 
 def log_probs(
     logits: torch.Tensor, support: Support = None, name: str = "logits", dtype: torch.dtype | None = None
-):
-    """Log-probabilities over the support's columns, shape (..., n_support), in the compute dtype (or
-    ``dtype``). This is what a reference cache stores: later KLs need nothing else from pi0."""
+) -> torch.Tensor:
+    """Log-probabilities over the support's columns, shape (..., n_support), computed in the compute dtype
+    and returned in it (or cast to ``dtype``); NaN/inf logits raise. This is what a reference cache stores:
+    later KLs need nothing else from pi0."""
     check_logits(name, logits)
-    columns = resolve_support(support, logits.shape[-1])
-    out = torch.log_softmax(logits[..., columns].to(compute_dtype(logits.dtype)), dim=-1)
+    out = support_log_softmax(logits, support)
     if not bool(
         torch.isfinite(out.sum(-1)).all()
     ):  # NaN/inf logits poison their row's sum; far cheaper than isfinite(out)
         raise_if_nonfinite(name, logits)
     return out if dtype is None else out.to(dtype)
+
+
+def entropy(logits: torch.Tensor, support: Support = None, name: str = "logits") -> torch.Tensor:
+    """H(p) = -sum_v p_v log p_v per distribution over the support, in the compute dtype; shape: the leading
+    dims. 0 log 0 = 0, so columns with -inf logits (masked out) contribute nothing instead of NaN. A
+    distribution with a NaN or +inf logit, or none finite, raises (the guard would otherwise hide it)."""
+    check_logits(name, logits)
+    log_p = support_log_softmax(logits, support)
+    p = log_p.exp()
+    bad = ~torch.isfinite(log_p.amax(-1))  # NaN where a row holds NaN/+inf or only -inf
+    if bool(bad.any()):
+        index = tuple(int(i) for i in bad.nonzero()[0])
+        raise ValueError(
+            f"{name} must be finite (or -inf on columns given no mass), got a distribution at {index} with a "
+            "NaN or +inf logit or no finite one"
+        )
+    # Zero the log before multiplying (not the product after): the same values, but where(p > 0, p * log_p, 0)
+    # sends 0 * log_p = 0 * -inf = NaN back through the product's gradient at masked columns.
+    return -(p * torch.where(p > 0, log_p, torch.zeros_like(log_p))).sum(-1)

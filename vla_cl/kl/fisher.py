@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from vla_cl.kl.divergences import Support, check_logits, compute_dtype, raise_if_nonfinite, resolve_support
+from vla_cl.kl.divergences import Support, check_logits, log_probs
 
 
 def _select_params(model: nn.Module, params: Sequence[str] | None) -> dict[str, nn.Parameter]:
@@ -37,10 +37,7 @@ def _sampled_log_likelihood(
 ) -> torch.Tensor:
     """log p(y|x) per input (dim 0) for labels y drawn from the logits themselves, summed over any other
     positions (e.g. the D action heads). Gradients flow through the log-probs, not the draw."""
-    columns = resolve_support(support, logits.shape[-1])
-    log_p = torch.log_softmax(logits[..., columns].to(compute_dtype(logits.dtype)), dim=-1)
-    if not bool(torch.isfinite(log_p).all()):
-        raise_if_nonfinite("logits", logits)
+    log_p = log_probs(logits, support)  # NaN/inf logits raise
     flat = log_p.detach().exp().reshape(-1, log_p.shape[-1])
     labels = torch.multinomial(flat, 1, generator=generator).reshape(log_p.shape[:-1] + (1,))
     return log_p.gather(-1, labels).squeeze(-1).reshape(log_p.shape[0], -1).sum(-1)

@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from vla_cl.stats import finite_vector
+
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class FitResult:
@@ -36,17 +38,6 @@ class FitResult:
         return np.polyval(self.coefficients, np.asarray(x, dtype=np.float64))
 
 
-def _vector(name: str, values: Any) -> np.ndarray:
-    array = np.asarray(values, dtype=np.float64)
-    if array.ndim != 1:
-        raise ValueError(f"{name} must be 1-D, got shape {array.shape}")
-    bad = ~np.isfinite(array)
-    if bad.any():
-        index = int(np.argmax(bad))
-        raise ValueError(f"{name} must be finite, got {float(array[index])} at index {index}")
-    return array
-
-
 def r_squared(y: np.ndarray, fitted: np.ndarray) -> float:
     """1 - SS_res / SS_tot; undefined (raises) when y is constant."""
     ss_tot = float(np.sum((y - y.mean()) ** 2))
@@ -59,7 +50,7 @@ def fit_forgetting(x: Any, y: Any, degree: int = 2) -> FitResult:
     """Fit forgetting ``y`` against predictor ``x`` with a polynomial of ``degree`` and report R^2."""
     if not isinstance(degree, int) or degree < 0:
         raise ValueError(f"degree must be an int >= 0, got {degree!r}")
-    x, y = _vector("x", x), _vector("y", y)
+    x, y = finite_vector("x", x), finite_vector("y", y)
     if x.shape != y.shape:
         raise ValueError(f"x and y must have the same length, got {x.shape[0]} and {y.shape[0]}")
     if x.shape[0] < degree + 1:

@@ -38,7 +38,7 @@ from vla_cl.kl.divergences import (
     kl_from_reference_terms,
     raise_if_nonfinite,
     reference_terms,
-    resolve_support,
+    support_log_softmax,
 )
 from vla_cl.kl.sequence import KLEstimate
 
@@ -114,7 +114,7 @@ class KLProbe:
         here, so identical logits give bit-identical log-probs and a KL of exactly 0."""
         check_logits(name, logits)
         flat = logits.reshape(logits.shape[0], -1, logits.shape[-1])
-        return torch.log_softmax(flat[..., resolve_support(self.support, flat.shape[-1])].float(), dim=-1)
+        return support_log_softmax(flat, self.support, dtype=torch.float32)
 
     def _reference_entry(self, base_logits: torch.Tensor, compress: bool) -> ReferenceTerms | torch.Tensor:
         """What pi0 contributes to later KLs: its probabilities and negative entropy in float32 (so a
@@ -138,7 +138,7 @@ class KLProbe:
     def _batch_kl(self, entry: ReferenceTerms | torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         """Per-input KL(pi0 || pi) from a reference entry and pi's raw logits (B, ..., V)."""
         if isinstance(entry, torch.Tensor):  # compressed log-probs: renormalise after rounding
-            entry = reference_terms(torch.log_softmax(entry.float(), dim=-1))
+            entry = reference_terms(support_log_softmax(entry, dtype=torch.float32))
         probs, neg_entropy = entry
         log_q = self._support_log_probs(logits, "logits")
         if probs.shape != log_q.shape:

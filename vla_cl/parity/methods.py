@@ -13,8 +13,14 @@ built here from the shared pure losses in ``vla_cl.updaters.losses``:
   distributions that put no mass on wrong labels it is the one closest to pi0 in KL(q || pi0) (the
   I-projection; KL(pi0 || q) is infinite for every such q), so it is the least-forgetting target the
   paper's argument allows.
-* ``distill_sft``: cross-entropy on the distribution of an RL teacher (a GRPO-trained policy): SFT that
+* ``distill``: cross-entropy on the distribution of an RL teacher (a GRPO-trained policy): SFT that
   learns what RL found, to show that the solution, not the algorithm, sets the forgetting.
+
+Names follow the robot updaters (``vla_cl.updaters``) where the method is the same: ``grpo``, ``oracle_sft``
+(pi0 restricted to the acceptable labels, ``losses.restricted_targets``, as the updater's window) and
+``distill`` (the updater's default ``targets="distribution"``); ``grpo_kl`` is the updater ``grpo`` with
+``kl_coef`` > 0, named as ``sft_kl`` is. ``sft1`` and ``sft2`` are the paper's SFT-1 and SFT-2 datasets, the
+updater ``sft`` on one or two labels per parity.
 
 Labels are action tokens of a 10-token vocabulary (ids 0..9, see ``model.TOKENIZER``); logits arrive as
 (B, 1, 10) action-token logits.
@@ -32,11 +38,13 @@ from vla_cl.updaters.losses import (
     group_advantages,
     kl_penalty_loss,
     policy_gradient_loss,
+    restricted_targets,
     sft_loss,
 )
 
-METHODS = ("grpo", "grpo_kl", "sft1", "sft2", "oracle_sft", "distill_sft")
+METHODS = ("grpo", "grpo_kl", "sft1", "sft2", "oracle_sft", "distill")
 RL_METHODS = ("grpo", "grpo_kl")
+RENAMED = {"distill_sft": "distill"}  # old name -> the updaters' name; refused with a pointer to the new one
 SFT2_LABELS = {0: (0, 4), 1: (1, 5)}  # parity -> the two labels SFT-2 teaches
 
 
@@ -71,8 +79,7 @@ def sft2_targets(digits: torch.Tensor) -> torch.Tensor:
 
 def oracle_targets(base_logits: torch.Tensor, digits: torch.Tensor) -> torch.Tensor:
     """(B, 1, 10) distributions: pi0 restricted to the correct-parity labels and renormalised."""
-    masked = base_logits.detach().float().masked_fill(~correct_label_mask(digits), float("-inf"))
-    return torch.softmax(masked, dim=-1)
+    return restricted_targets(base_logits, correct_label_mask(digits), SUPPORT)
 
 
 def teacher_targets(teacher_logits: torch.Tensor) -> torch.Tensor:
@@ -91,7 +98,7 @@ def method_loss(
     generator: torch.Generator | None = None,
 ) -> Terms:
     """Named loss terms of ``method`` on one batch: action-token logits (B, 1, 10) of pi, the images'
-    ``digits`` (B,), pi0's logits on the same images and, for ``distill_sft``, the teacher's."""
+    ``digits`` (B,), pi0's logits on the same images and, for ``distill``, the teacher's."""
     if method in RL_METHODS:
         batch = logits.shape[0]
         grouped = logits.unsqueeze(1).expand(batch, group_size, *logits.shape[1:])  # (B, G, 1, 10)
@@ -108,8 +115,9 @@ def method_loss(
         return sft_loss(logits, sft2_targets(digits), support=SUPPORT)
     if method == "oracle_sft":
         return sft_loss(logits, oracle_targets(base_logits, digits), support=SUPPORT)
-    if method == "distill_sft":
+    if method == "distill":
         if teacher_logits is None:
-            raise ValueError("distill_sft needs teacher_logits (the RL teacher's logits on the batch)")
+            raise ValueError("distill needs teacher_logits (the RL teacher's logits on the batch)")
         return sft_loss(logits, teacher_targets(teacher_logits), support=SUPPORT)
-    raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+    renamed = f" ({method!r} is now called {RENAMED[method]!r})" if method in RENAMED else ""
+    raise ValueError(f"unknown method {method!r}{renamed}; choose from {', '.join(METHODS)}")

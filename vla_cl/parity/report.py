@@ -41,7 +41,7 @@ COLORS = {
     "sft1": "#d62728",
     "sft2": "#ff7f0e",
     "oracle_sft": "#2ca02c",
-    "distill_sft": "#9467bd",
+    "distill": "#9467bd",
 }
 LABELS = {
     "grpo": "GRPO",
@@ -49,7 +49,7 @@ LABELS = {
     "sft1": "SFT-1",
     "sft2": "SFT-2",
     "oracle_sft": "oracle SFT",
-    "distill_sft": "SFT distilled from RL",
+    "distill": "SFT distilled from RL",
 }
 
 

@@ -4,7 +4,7 @@ What the run directory holds, so that an interrupted sweep resumes where it stop
 
     artifacts/pi0.safetensors, pi0.json          the pretrained base policy (trained once per sweep)
     artifacts/pi0_fisher.safetensors             its diagonal Fisher on old-task inputs
-    artifacts/teacher.safetensors, teacher.json  the GRPO policy distill_sft learns from
+    artifacts/teacher.safetensors, teacher.json  the GRPO policy distill learns from
     runs/<run_id>.json                           one finished run: its spec, every evaluation, the final one
 
 A run whose result file exists is never redone; result files are written to a temporary name and renamed,
@@ -31,7 +31,7 @@ from vla_cl.config import option, require
 from vla_cl.files import atomic_path, write_json_atomic
 from vla_cl.parity.data import DataConfig, ParityData, make_splits
 from vla_cl.parity.evaluate import Reference, accuracies, build_reference, fisher_of
-from vla_cl.parity.methods import METHODS
+from vla_cl.parity.methods import METHODS, RENAMED
 from vla_cl.parity.model import ParityMLP, checkpoint_exists, load_checkpoint, save_checkpoint
 from vla_cl.parity.train import (
     FinetuneConfig,
@@ -49,13 +49,13 @@ from vla_cl.updaters.base import SCHEDULES
 class SweepConfig:
     """The grid of fine-tuning runs: every method x learning rate x epochs x schedule x seed."""
 
-    # option() gives list defaults a default_factory, so the calls below are safe (ruff cannot see it).
-    methods: list = option(list(METHODS), f"methods to run, from: {', '.join(METHODS)}")  # noqa: RUF009
+    # option() gives list defaults a default_factory, so the calls below are safe.
+    methods: list = option(list(METHODS), f"methods to run, from: {', '.join(METHODS)}")
     lr_min: float = option(1e-5, "smallest learning rate of the log-spaced grid")
     lr_max: float = option(1e-3, "largest learning rate of the log-spaced grid")
     n_lrs: int = option(4, "learning rates in the grid (log-spaced from lr_min to lr_max)")
-    epochs: list = option([1, 3], "fine-tuning lengths in epochs over data.n_finetune images")  # noqa: RUF009
-    schedules: list = option(["constant", "cosine"], f"schedules, from: {', '.join(SCHEDULES)}")  # noqa: RUF009
+    epochs: list = option([1, 3], "fine-tuning lengths in epochs over data.n_finetune images")
+    schedules: list = option(["constant", "cosine"], f"schedules, from: {', '.join(SCHEDULES)}")
     seeds: int = option(1, "repeats of every grid point, with seeds seed, seed+1, ...")
     workers: int = option(
         0, "worker processes (0: one per available CPU core; 1: run in this process)", affects_results=False
@@ -63,11 +63,12 @@ class SweepConfig:
 
     def __post_init__(self) -> None:
         methods = list(self.methods)
+        renamed = [f"{m!r} is now called {RENAMED[m]!r}" for m in methods if m in RENAMED]
         require(
             bool(methods) and all(m in METHODS for m in methods),
             "sweep.methods",
             methods,
-            f"a non-empty list from {list(METHODS)}",
+            f"a non-empty list from {list(METHODS)}" + (f" ({'; '.join(renamed)})" if renamed else ""),
         )
         require(len(set(methods)) == len(methods), "sweep.methods", methods, "no repeats")
         require(
@@ -103,7 +104,7 @@ class Prepared:
     """What the report needs from the preparation step."""
 
     pi0: dict  # pi0's accuracies on the held-out sets
-    teacher: dict | None  # the teacher run's record (None when distill_sft is not swept)
+    teacher: dict | None  # the teacher run's record (None when distill is not swept)
     sources: dict  # task -> dataset description
 
 
@@ -156,7 +157,7 @@ def prepare(
     seed: int,
     artifacts: Path,
 ) -> Prepared:
-    """Train (or load) pi0, its Fisher and, if distill_sft is swept, the RL teacher; save them in ``artifacts``."""
+    """Train (or load) pi0, its Fisher and, if distill is swept, the RL teacher; save them in ``artifacts``."""
     from safetensors.torch import load_file, save_file
 
     pi0_path = artifacts / "pi0"
@@ -185,14 +186,14 @@ def prepare(
     )
 
     teacher_record = None
-    if "distill_sft" in methods:
+    if "distill" in methods:
         teacher_path = artifacts / "teacher"
         if checkpoint_exists(teacher_path):
             _, meta = load_checkpoint(teacher_path)
             teacher_record = meta["record"]
         else:
             spec = _teacher_spec(finetune_config, seed)
-            print(f"[parity] RL teacher for distill_sft: {spec.run_id}", flush=True)
+            print(f"[parity] RL teacher for distill: {spec.run_id}", flush=True)
             teacher, teacher_record = finetune(
                 spec, pi0.state_dict(), finetune_data(data, pi0, reference, None), finetune_config
             )

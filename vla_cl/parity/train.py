@@ -56,8 +56,8 @@ class FinetuneConfig:
     group_size: int = option(8, "GRPO: labels sampled per image (the group its advantages are normalised in)")
     kl_coef: float = option(0.1, "grpo_kl: coefficient of the KL(pi0 || pi) penalty (paper: 0.1)")
     evals: int = option(4, "evenly spaced evaluations per run (the last one is the final model)")
-    teacher_lr: float = option(3e-4, "distill_sft: learning rate of the GRPO run that serves as teacher")
-    teacher_epochs: int = option(4, "distill_sft: epochs of the teacher's GRPO run")
+    teacher_lr: float = option(3e-4, "distill: learning rate of the GRPO run that serves as teacher")
+    teacher_epochs: int = option(4, "distill: epochs of the teacher's GRPO run")
 
     def __post_init__(self) -> None:
         require(self.batch_size >= 1, "finetune.batch_size", self.batch_size, "an int >= 1")
@@ -96,7 +96,7 @@ class FinetuneData:
     x: torch.Tensor  # (n, 785) parity images
     digits: torch.Tensor  # (n,)
     base_logits: torch.Tensor  # (n, 1, 10) pi0's logits on x: oracle targets and the KL penalty
-    teacher_logits: torch.Tensor | None  # (n, 1, 10) the RL teacher's logits on x (distill_sft)
+    teacher_logits: torch.Tensor | None  # (n, 1, 10) the RL teacher's logits on x (distill)
     reference: Reference
 
 

@@ -1,7 +1,8 @@
 """Policies by name, imported only when used.
 
-Each policy is registered as ``"module:Class"`` and imported on first use, so listing policies or
-loading a 50 k-parameter checkpoint never imports transformers or OpenVLA's code::
+Each policy is registered as ``"module:Class"`` in ``POLICIES`` (a :class:`vla_cl.registry.Registry`) and
+imported on first use, so listing policies or loading a 50 k-parameter checkpoint never imports
+transformers or OpenVLA's code::
 
     policy = make_policy("state_token", tokenizer=ActionTokenizer(256, 256, stats), state_dim=16,
                          instructions=["pick up the red cube", ...])
@@ -15,55 +16,48 @@ The class's ``from_pretrained`` then reads it.
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from vla_cl.registry import Registry
 
 if TYPE_CHECKING:
     from vla_cl.policies.base import Policy
 
-_REGISTRY: dict[str, str | type] = {
-    "state_token": "vla_cl.policies.state_policy:StateTokenPolicy",
-    "small_vlm": "vla_cl.policies.small_vlm:SmallVLMPolicy",
-    "openvla": "vla_cl.policies.openvla:OpenVLAPolicy",
-}
 
-
-def register_policy(name: str, target: str | type, replace: bool = False) -> None:
-    """Register a policy class, or its ``"package.module:ClassName"`` to import lazily."""
-    if not isinstance(name, str) or not name:
-        raise ValueError(f"a policy name must be a non-empty string, got {name!r}")
-    if isinstance(target, str) and target.count(":") != 1:
-        raise ValueError(f"target must be 'package.module:ClassName', got {target!r}")
-    if name in _REGISTRY and not replace and _REGISTRY[name] != target:
-        raise ValueError(f"policy {name!r} is already registered ({_REGISTRY[name]!r}); pass replace=True")
-    _REGISTRY[name] = target
-
-
-def list_policies() -> list[str]:
-    return sorted(_REGISTRY)
-
-
-def _unknown(name: Any) -> ValueError:
-    return ValueError(f"unknown policy {name!r}; registered policies: {', '.join(list_policies())}")
-
-
-def get_policy_class(name: str) -> type[Policy]:
-    """The class registered as ``name`` (imported now if registered lazily)."""
+def _check_policy(name: str, target: Any) -> None:
     from vla_cl.policies.base import Policy
 
-    if name not in _REGISTRY:
-        raise _unknown(name)
-    target = _REGISTRY[name]
-    if isinstance(target, str):
-        module_name, class_name = target.split(":")
-        target = getattr(importlib.import_module(module_name), class_name)
     if not (isinstance(target, type) and issubclass(target, Policy)):
         raise TypeError(f"policy {name!r} is registered as {target!r}, which is not a Policy subclass")
     if target.name != name:
         raise TypeError(f"policy {name!r} is registered as {target.__name__}, whose name is {target.name!r}")
-    _REGISTRY[name] = target
-    return target
+
+
+POLICIES: Registry[type[Policy]] = Registry(
+    "policy",
+    {
+        "state_token": "vla_cl.policies.state_policy:StateTokenPolicy",
+        "small_vlm": "vla_cl.policies.small_vlm:SmallVLMPolicy",
+        "openvla": "vla_cl.policies.openvla:OpenVLAPolicy",
+    },
+    check=_check_policy,
+    plural="policies",
+)
+
+
+def register_policy(name: str, target: str | type, replace: bool = False) -> None:
+    """Register a policy class, or its ``"package.module:ClassName"`` to import lazily."""
+    POLICIES.register(name, target, replace)
+
+
+def list_policies() -> list[str]:
+    return POLICIES.names()
+
+
+def get_policy_class(name: str) -> type[Policy]:
+    """The class registered as ``name`` (imported now if registered lazily)."""
+    return POLICIES.get(name)
 
 
 def make_policy(name: str, **config: Any) -> Policy:
@@ -79,14 +73,12 @@ def checkpoint_policy_name(folder: str | Path) -> str:
     config = read_config_json(folder)
     if config.get("format") == FORMAT:
         name = config.get("policy")
-        if name not in _REGISTRY:
-            raise ValueError(
-                f"{folder} holds a policy {name!r} that is not registered; registered policies: "
-                f"{', '.join(list_policies())}"
-            )
+        if name not in POLICIES:
+            raise ValueError(f"{folder} holds a policy {name!r} that is not registered; registered policies: "
+                             f"{', '.join(list_policies())}")
         return name
     model_type = config.get("model_type")
-    if isinstance(model_type, str) and model_type in _REGISTRY:
+    if isinstance(model_type, str) and model_type in POLICIES:
         return model_type
     raise ValueError(
         f"{folder} is not a policy checkpoint this library knows: its config.json has neither "

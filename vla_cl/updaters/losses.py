@@ -13,6 +13,20 @@ Reductions. ``"token_mean"`` averages over every unmasked position (each token w
 ``"sequence_mean"`` needs (..., D) positions, sums over the last one (the D tokens of one action: the
 action's log-probability or KL, by the chain rule) and averages over the rest.
 
+Clipping. Both clipped losses use one surrogate, -min(rho A, clip(rho, 1 - eps, 1 + eps) A) with
+rho = pi / pi_old (PPO, Schulman et al. 2017, arXiv 1707.06347), and differ only in what rho is the ratio
+of, so each names its eps after it:
+
+* ``ppo_policy_loss(clip_eps)``: the ratio of the whole action, pi(a|s) / pi_old(a|s), the product over
+  its D tokens (pass each action's summed token log-probs). PPO's own definition, with the action as the
+  unit; RL4VLA's PPO on OpenVLA (Liu et al. 2025, arXiv 2505.19789) clips OpenVLA's 7-token actions as a
+  whole. ``PPOConfig.clip_eps``.
+* ``policy_gradient_loss(token_clip_eps)``: the ratio of each token, pi(a_d|s, a_<d) / pi_old(a_d|s, a_<d),
+  clipped separately, as GRPO does per token of a response (DeepSeekMath, Shao et al. 2024, arXiv
+  2402.03300). ``token_clip_eps`` of ``reinforce`` and ``grpo``, for their passes after the first.
+
+For one-token actions (ParityMNIST) the two coincide.
+
 Every function returns a dict of named terms: differentiable scalars named ``loss_<term>``, detached
 diagnostics under other names, and their sum under ``loss``. ``combine`` merges several such dicts (e.g.
 GRPO's policy term with a KL penalty) and recomputes the total, so a loop sums and logs them uniformly.
@@ -24,7 +38,7 @@ import functools
 
 import torch
 
-from vla_cl.kl import action_log_probs, forward_kl
+from vla_cl.kl import action_log_probs, entropy, forward_kl, support_log_softmax
 from vla_cl.kl.divergences import Support, compute_dtype, resolve_support
 from vla_cl.kl.sequence import check_mask
 
@@ -125,13 +139,36 @@ def baseline_advantages(
 # ----------------------------------------------------------------------------------------- losses
 
 
+def clipped_surrogate(
+    log_probs: torch.Tensor,
+    old_log_probs: torch.Tensor,
+    advantages: torch.Tensor,
+    clip_eps: float,
+    name: str = "clip_eps",
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """PPO's clipped surrogate, elementwise: min(rho A, clip(rho, 1 - eps, 1 + eps) A) with
+    rho = exp(log_probs - old_log_probs), for whatever unit the log-probs are of (a token, a whole action:
+    see the module docstring). ``advantages`` broadcast against the log-probs; old log-probs and
+    advantages are detached. Computed in the compute dtype of ``log_probs``. Returns (surrogate, rho,
+    log rho, 1.0 where |rho - 1| > eps else 0.0). ``name``: the eps's name in the error."""
+    if not 0.0 < clip_eps < 1.0:
+        raise ValueError(f"{name} must lie in (0, 1), got {clip_eps!r}")
+    dtype = compute_dtype(log_probs.dtype)
+    log_ratio = log_probs.to(dtype) - old_log_probs.detach().to(dtype)
+    ratio = torch.exp(log_ratio)
+    advantages = advantages.detach().to(dtype)
+    surrogate = torch.minimum(ratio * advantages, ratio.clamp(1.0 - clip_eps, 1.0 + clip_eps) * advantages)
+    outside = ((ratio - 1.0).abs() > clip_eps).to(dtype)
+    return surrogate, ratio, log_ratio, outside
+
+
 def policy_gradient_loss(
     logits: torch.Tensor,
     actions: torch.Tensor,
     advantages: torch.Tensor,
     mask: torch.Tensor | None = None,
     old_log_probs: torch.Tensor | None = None,
-    clip_eps: float = 0.2,
+    token_clip_eps: float = 0.2,
     reduction: str = "token_mean",
     support: Support = "action",
 ) -> Terms:
@@ -139,11 +176,11 @@ def policy_gradient_loss(
 
     ``advantages`` has a prefix of the ids' shape (e.g. (B,) or (B, G) for (B, G, D) ids: one advantage per
     action, shared by its D tokens) or their full shape. Without ``old_log_probs`` this is REINFORCE/GRPO
-    for one update on freshly sampled actions: -A log pi(a). With ``old_log_probs`` (log pi_old(a) per
-    position, detached) it is PPO/GRPO's clipped surrogate -min(rho A, clip(rho, 1 -+ eps) A) with
-    rho = pi(a) / pi_old(a), for several updates on the same samples; both have the same gradient while
+    for one update on freshly sampled actions: -A log pi(a). With ``old_log_probs`` (log pi_old(a_d) per
+    position, detached) it is GRPO's clipped surrogate on each token's ratio (``clipped_surrogate``, eps
+    ``token_clip_eps``), for several updates on the same samples; both have the same gradient while
     pi == pi_old. Terms: ``loss_policy``; diagnostics ``log_prob`` (mean) and, when clipping,
-    ``clip_fraction``."""
+    ``clip_fraction`` (share of clipped tokens)."""
     log_probs = action_log_probs(logits, actions, support)
     _check_mask(mask, log_probs.shape)
     if not isinstance(advantages, torch.Tensor) or advantages.shape != log_probs.shape[: advantages.ndim]:
@@ -160,12 +197,9 @@ def policy_gradient_loss(
             raise ValueError(
                 f"old_log_probs must have shape {tuple(log_probs.shape)}, got {tuple(old_log_probs.shape)}"
             )
-        if not 0.0 < clip_eps < 1.0:
-            raise ValueError(f"clip_eps must lie in (0, 1), got {clip_eps!r}")
-        ratio = torch.exp(log_probs - old_log_probs.detach().to(log_probs.dtype))
-        clipped = ratio.clamp(1.0 - clip_eps, 1.0 + clip_eps)
-        surrogate = torch.minimum(ratio * advantages, clipped * advantages)
-        outside = ((ratio - 1.0).abs() > clip_eps).to(log_probs.dtype)
+        surrogate, _, _, outside = clipped_surrogate(
+            log_probs, old_log_probs, advantages, token_clip_eps, "token_clip_eps"
+        )
         terms["clip_fraction"] = reduce_positions(outside, mask, "token_mean").detach()
     terms["loss_policy"] = -reduce_positions(surrogate, mask, reduction)
     terms["log_prob"] = reduce_positions(log_probs.detach(), mask, "token_mean")
@@ -211,6 +245,25 @@ def _gaussian_table(n: int, sigma: float) -> torch.Tensor:
     return torch.softmax(-0.5 * offsets * offsets, dim=-1)
 
 
+def restricted_targets(base_logits: torch.Tensor, allowed: torch.Tensor, support: Support = None) -> torch.Tensor:
+    """pi0 restricted to the ``allowed`` tokens and renormalised, q_v = pi0_v 1[v allowed] / sum_{u allowed}
+    pi0_u, per position over the support: float32 soft targets (..., n_support), pi0's logits detached.
+    Among the distributions that only use allowed tokens this is the closest to pi0 in KL(q || pi0) (the
+    I-projection), the target of oracle SFT (``updaters.supervised``, ``parity.methods``).
+
+    ``allowed``: bool (..., n_support), True on the tokens a position may use; each needs at least one."""
+    columns = resolve_support(support, base_logits.shape[-1])
+    base = base_logits.detach()[..., columns].float()
+    if not isinstance(allowed, torch.Tensor) or allowed.dtype != torch.bool or allowed.shape != base.shape:
+        raise ValueError(
+            f"allowed must be a bool tensor of shape {tuple(base.shape)} (the logits over the support), got "
+            f"{getattr(allowed, 'dtype', type(allowed).__name__)} {tuple(getattr(allowed, 'shape', ()))}"
+        )
+    if not bool(allowed.any(-1).all()):
+        raise ValueError("allowed leaves a position with no token: there is no distribution to renormalise")
+    return torch.softmax(base.masked_fill(~allowed, float("-inf")), dim=-1)
+
+
 def sft_loss(
     logits: torch.Tensor,
     targets: torch.Tensor,
@@ -226,7 +279,7 @@ def sft_loss(
     if targets.is_floating_point():
         columns = resolve_support(support, logits.shape[-1])
         _soft_targets(targets, columns.stop - columns.start, logits.shape[:-1])
-        log_probs = torch.log_softmax(logits[..., columns].to(compute_dtype(logits.dtype)), dim=-1)
+        log_probs = support_log_softmax(logits, columns)
         # 0 * log 0 = 0: columns the target never uses contribute nothing even where pi assigns them -inf.
         per_position = -torch.where(targets > 0, targets.to(log_probs.dtype) * log_probs, 0.0).sum(-1)
     else:
@@ -276,28 +329,21 @@ def ppo_policy_loss(
     ``log_probs`` (any shape, differentiable): log pi(a|s) under the current policy; ``old_log_probs`` and
     ``advantages`` (same shape): log pi_old(a|s) under the policy that collected the data, and the
     advantages (both detached here). For actions of D tokens pass each action's summed token log-probs,
-    so that the ratio is the whole action's, pi(a|s) / pi_old(a|s) (``policy_gradient_loss`` with
-    ``old_log_probs`` clips each token's ratio instead).
+    so that the ratio is the whole action's, pi(a|s) / pi_old(a|s) (``policy_gradient_loss`` clips each
+    token's ratio instead, with ``token_clip_eps``; see the module docstring).
 
-    loss_policy = -mean(min(rho A, clip(rho, 1 - eps, 1 + eps) A)) with rho = exp(log_probs - old_log_probs).
-    Diagnostics (detached means): ``approx_kl`` = (rho - 1) - log rho, a non-negative and unbiased
-    estimate of KL(pi_old || pi) from these samples; ``clip_fraction``: share of |rho - 1| > eps;
-    ``ratio``: mean rho.
+    loss_policy = -mean(min(rho A, clip(rho, 1 - eps, 1 + eps) A)) with rho = exp(log_probs - old_log_probs)
+    (``clipped_surrogate``). Diagnostics (detached means): ``approx_kl`` = (rho - 1) - log rho, a
+    non-negative and unbiased estimate of KL(pi_old || pi) from these samples; ``clip_fraction``: share of
+    |rho - 1| > eps; ``ratio``: mean rho.
     """
     if not isinstance(log_probs, torch.Tensor) or not log_probs.is_floating_point():
         raise ValueError(f"log_probs must be a float tensor, got {type(log_probs).__name__}")
     _check_like("old_log_probs", old_log_probs, log_probs.shape)
     _check_like("advantages", advantages, log_probs.shape)
-    if not 0.0 < clip_eps < 1.0:
-        raise ValueError(f"clip_eps must lie in (0, 1), got {clip_eps!r}")
-    dtype = compute_dtype(log_probs.dtype)
-    log_ratio = log_probs.to(dtype) - old_log_probs.detach().to(dtype)
-    ratio = torch.exp(log_ratio)
-    advantages = advantages.detach().to(dtype)
-    surrogate = torch.minimum(ratio * advantages, ratio.clamp(1.0 - clip_eps, 1.0 + clip_eps) * advantages)
+    surrogate, ratio, log_ratio, clipped = clipped_surrogate(log_probs, old_log_probs, advantages, clip_eps)
     with torch.no_grad():
         approx_kl = reduce_positions((ratio - 1.0) - log_ratio, mask, "token_mean")
-        clipped = ((ratio - 1.0).abs() > clip_eps).to(dtype)
         clip_fraction = reduce_positions(clipped, mask, "token_mean")
         mean_ratio = reduce_positions(ratio, mask, "token_mean")
     return _total(
@@ -379,10 +425,6 @@ def entropy_bonus(
     estimate of the whole action's entropy). Terms: ``loss_entropy``; diagnostic ``entropy``."""
     if not coef >= 0.0:
         raise ValueError(f"coef must be >= 0, got {coef!r}")
-    columns = resolve_support(support, logits.shape[-1])
-    log_p = torch.log_softmax(logits[..., columns].to(compute_dtype(logits.dtype)), dim=-1)
-    p = log_p.exp()
-    # 0 * log 0 = 0: columns with -inf logits contribute nothing (instead of NaN).
-    per_position = -torch.where(p > 0, p * log_p, torch.zeros_like(log_p)).sum(-1)
-    entropy = reduce_positions(per_position, mask, reduction)
-    return _total({"loss_entropy": -coef * entropy, "entropy": entropy.detach()})
+    # 0 log 0 = 0 inside: columns with -inf logits contribute nothing (instead of NaN).
+    value = reduce_positions(entropy(logits, support), mask, reduction)
+    return _total({"loss_entropy": -coef * value, "entropy": value.detach()})
