@@ -74,7 +74,7 @@ def log(msg: str) -> None:
 
 def run(cmd: list[str], what: str, **kwargs) -> subprocess.CompletedProcess:
     """Run a command; on failure raise SetupError naming the step and showing the tail of its output."""
-    proc = subprocess.run(cmd, capture_output=True, text=True, **kwargs)
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False, **kwargs)
     if proc.returncode != 0:
         tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
         raise SetupError(f"{what} failed (exit {proc.returncode}): {' '.join(cmd)}\n{tail}")
@@ -121,7 +121,7 @@ def pip(*args: str, what: str) -> None:
 
 def installed_torch() -> str | None:
     proc = subprocess.run(
-        [str(venv_python()), "-c", "import torch; print(torch.__version__)"], capture_output=True, text=True
+        [str(venv_python()), "-c", "import torch; print(torch.__version__)"], capture_output=True, text=True, check=False
     )
     return proc.stdout.strip() if proc.returncode == 0 else None
 
@@ -179,7 +179,7 @@ def system_mesa_version() -> str | None:
     if shutil.which("dpkg-query") is None:
         return None
     proc = subprocess.run(
-        ["dpkg-query", "-W", "-f=${Version}", "mesa-vulkan-drivers"], capture_output=True, text=True
+        ["dpkg-query", "-W", "-f=${Version}", "mesa-vulkan-drivers"], capture_output=True, text=True, check=False
     )
     return proc.stdout.strip() if proc.returncode == 0 and proc.stdout.strip() else None
 
@@ -194,7 +194,7 @@ def mesa_major(version: str) -> int:
 def missing_shared_libraries(library: Path) -> list[str]:
     if shutil.which("ldd") is None:
         return []
-    proc = subprocess.run(["ldd", str(library)], capture_output=True, text=True)
+    proc = subprocess.run(["ldd", str(library)], capture_output=True, text=True, check=False)
     return [line.split()[0] for line in proc.stdout.splitlines() if "not found" in line]
 
 
@@ -354,10 +354,14 @@ def ensure_browser(mode: str, extras: str) -> str:
 # --------------------------------------------------------------------------- main
 
 
-def check_installation() -> None:
-    """Import the package and its key dependencies in the venv; a broken install fails here, not in tests."""
-    probe = "import torch, transformers, peft, gymnasium, hydra, cv2, mani_skill, vla_cl; print(torch.__version__)"
-    run([str(venv_python()), "-c", probe], "importing vla_cl and its dependencies")
+def check_installation(extras: str) -> None:
+    """Import the package and its key dependencies in the venv; a broken install fails here, not in tests.
+    With the test extra, also the import contract's checker (import-linter), which `make test` runs."""
+    modules = "torch, transformers, peft, gymnasium, hydra, cv2, mani_skill, vla_cl"
+    if "test" in selected_extras(extras):
+        modules += ", importlinter"
+    run([str(venv_python()), "-c", f"import {modules}; print(torch.__version__)"],
+        "importing vla_cl and its dependencies")
 
 
 def main() -> int:
@@ -382,7 +386,7 @@ def main() -> int:
         ensure_torch(torch_spec)
         ensure_package(extras)
         vulkan = ensure_vulkan(vulkan_mode)
-        check_installation()
+        check_installation(extras)
         torch_version = installed_torch()
         STAMP.write_text(json.dumps({"fingerprint": stamp, "torch": torch_version, "vulkan": vulkan}, indent=2))
         log(f"done: torch {torch_version}; Vulkan: {vulkan}; browser: {browser}")

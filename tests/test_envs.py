@@ -139,7 +139,7 @@ def test_render_camera_gives_a_scene(task_env, needs_sim):
 
 # ---------------------------------------------------------------------- single-task behaviour
 def test_unknown_task_lists_the_valid_ones():
-    with pytest.raises(ValueError, match="Valid task ids: .*maniskill/PickCube-v1"):
+    with pytest.raises(ValueError, match="unknown task id .*registered task ids: .*maniskill/PickCube-v1"):
         make("maniskill/NoSuchTask-v9")
     with pytest.raises(ValueError, match="unknown option"):
         make("maniskill/PickCube-v1", colour="red")
@@ -410,7 +410,7 @@ def test_render_command_names_what_a_policy_path_must_hold(tmp_path, capsys):
 @pytest.mark.sim
 def test_a_saved_policy_checkpoint_drives_the_env(tmp_path, needs_sim):
     from vla_cl.envs.vector import rollout
-    from vla_cl.envs.video import load_policy
+    from vla_cl.evaluation.render import load_policy
     from vla_cl.policies.state_policy import StateTokenPolicy
     from vla_cl.tokenizer import ActionTokenizer, NormStats
 

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from scipy.spatial.transform import Rotation
 from transforms3d.euler import euler2axangle
 
-from vla_cl.envs.postprocess import (
+from vla_cl.actions import (
     GoogleRobotActions,
     GoogleRobotGripper,
     axis_angle_to_euler,

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from vla_cl.evaluation.stats import (
+from vla_cl.stats import (
     Interval,
     paired_bootstrap_difference,
     paired_bootstrap_mean_difference,

@@ -357,7 +357,7 @@ def run(config: DemosConfig, run_dir) -> int:
 
 
 def summary_of(config: DemosConfig, meta: dict[str, Any], folder: Path, seconds: float | None) -> dict[str, Any]:
-    from vla_cl.evaluation.stats import wilson_interval
+    from vla_cl.stats import wilson_interval
 
     counts = meta["counts"]
     successes = round(meta["success_rate"] * counts["attempts"])

@@ -4,7 +4,7 @@
 ``evaluate``: runs a policy on a suite (``evaluate``, ``Evaluator``). ``results``: per task and axis,
 every episode and the success rate with its Wilson interval. ``retention``: forgetting between two
 results, with paired intervals. ``continual``: continual-learning metrics on a task x stage matrix.
-``stats``: the intervals.
+``render``: ``vla-cl render``, rollout videos of a policy. The intervals are ``vla_cl.stats``'.
 
 Names are exported lazily, so ``import vla_cl.evaluation`` imports neither torch nor the simulator.
 """

@@ -24,8 +24,8 @@ class EvalConfig(RunConfig):
     policy: str = option("expert", "a policy checkpoint folder, expert or random")
     suite: str = option("smoke", "a suite name (configs/suite/NAME.yaml) or a suite YAML file")
     episodes: int | None = option(None, "episodes per task, axis and seed (None: the suite's)")
-    axes: list | None = option(None, "generalisation axes (None: the suite's)")  # noqa: RUF009
-    seeds: list | None = option(None, "evaluation seeds (None: the suite's)")  # noqa: RUF009
+    axes: list | None = option(None, "generalisation axes (None: the suite's)")
+    seeds: list | None = option(None, "evaluation seeds (None: the suite's)")
     base: str | None = option(None, "an earlier result of the same suite (its folder) to measure forgetting against")
     workers: int = option(1, "worker processes running the suite's jobs", affects_results=False)
     progress: bool = option(True, "show a progress bar", affects_results=False)

@@ -11,7 +11,7 @@ pi0's score minus the model's on the examples both ran, and every predictor (``v
 * ``pareto``: the points of a family no other point of it beats on both new-task score and mean retention.
 * ``matched``: at a level a, a family's forgetting is that of its point with new-task score >= a that forgot
   least (pi0 counts for a <= its own score: forgetting 0); its interval is the paired stratified bootstrap
-  against pi0 on the examples both ran (``vla_cl.evaluation.stats``).
+  against pi0 on the examples both ran (``vla_cl.stats``).
 * ``finding`` (final points only): at the highest new-task score both the best RL and the best SFT final
   point reach, the least-forgetting point of each family reaching it, and SFT's forgetting minus RL's with
   the paired bootstrap interval of that difference. The paper's finding (SFT forgets more than RL at
@@ -27,9 +27,9 @@ from typing import Any
 
 import numpy as np
 
-from vla_cl.evaluation.stats import Interval, paired_bootstrap_mean_difference
 from vla_cl.kl import fit_forgetting
 from vla_cl.kl.compare import PREDICTORS
+from vla_cl.stats import Interval, paired_bootstrap_mean_difference
 
 Outcomes = Mapping[str, Mapping[Hashable, float]]  # retention task -> example id -> score in [0, 1]
 

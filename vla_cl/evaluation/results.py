@@ -5,7 +5,7 @@ episode in order (so two results of the same suite pair episode by episode), or 
 apply to the policy. :class:`SuiteResult` holds the cells of a suite for one policy and writes itself as
 JSON (``result.json``, every episode) and Markdown (``result.md``, the table people read).
 
-Success rates carry a Wilson 95 % score interval (``vla_cl.evaluation.stats.wilson_interval``): with 50
+Success rates carry a Wilson 95 % score interval (``vla_cl.stats.wilson_interval``): with 50
 episodes a 60 % success rate reads 46-73 %, which is why comparisons of policies should use the paired
 intervals of :mod:`vla_cl.evaluation.retention` rather than two overlapping rates.
 """
@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from vla_cl.evaluation.stats import wilson_interval
+from vla_cl.stats import wilson_interval
 
 FORMAT_VERSION = 1
 
@@ -168,8 +168,8 @@ class SuiteResult:
         if not repeated:
             return []
         counts = ", ".join(f"{c.task} / {c.axis} {c.distinct_initial_states}" for c in repeated)
-        return ["", "Some cells repeated starts (tasks with a finite set of initial states): the interval is over "
-                f"episodes, which covered these numbers of distinct initial states: {counts}."]
+        return ["", ("Some cells repeated starts (tasks with a finite set of initial states): the interval is over "
+                     f"episodes, which covered these numbers of distinct initial states: {counts}.")]
 
     def _episodes_note(self) -> str:
         counts = sorted({c.episodes for c in self.cells.values() if c.applicable})

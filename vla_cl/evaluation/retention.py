@@ -3,7 +3,7 @@
 Forgetting on a task is pi0's success rate minus pi's, on the same suite cells. The two results must come
 from the same suite, so that episode k of a cell starts from the same reset seed for both policies: the
 episodes are *paired*, and an initial state that is hard for pi0 tends to be hard for pi too. The intervals
-use that pairing (``vla_cl.evaluation.stats``):
+use that pairing (``vla_cl.stats``):
 
 * per task: a paired percentile bootstrap of the mean of (pi0 success - pi success) over the cell's
   episodes, resampling episode indices jointly (10,000 resamples, 95 %);
@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from vla_cl.evaluation.results import SuiteResult
-from vla_cl.evaluation.stats import Interval, paired_bootstrap_difference, paired_bootstrap_mean_difference
+from vla_cl.stats import Interval, paired_bootstrap_difference, paired_bootstrap_mean_difference
 
 
 @dataclasses.dataclass(frozen=True)

@@ -29,8 +29,8 @@ class LLMConfig(RunConfig):
                                          metadata={"help": "the new task (task=NAME picks a preset)"})
     trainer: TrainerSettings = dataclasses.field(default_factory=TrainerSettings,
                                                  metadata={"help": "settings every run shares"})
-    grpo_lrs: list = option([3e-4, 1e-3], "GRPO learning rates (one run each)")  # noqa: RUF009
-    sft_lrs: list = option([1e-4, 3e-4], "SFT learning rates (one run each)")  # noqa: RUF009
+    grpo_lrs: list = option([3e-4, 1e-3], "GRPO learning rates (one run each)")
+    sft_lrs: list = option([1e-4, 3e-4], "SFT learning rates (one run each)")
     grpo_steps: int = option(16, "optimizer steps of every GRPO run")
     sft_steps: int = option(16, "optimizer steps of every SFT run")
     snapshot_at: float = option(0.5, "also evaluate each run at this fraction of its steps (0: finals only)")
@@ -44,7 +44,7 @@ class LLMConfig(RunConfig):
     # HumanEval is left out of the default: SmolLM2-135M-Instruct passes none of the first 20 problems (measured),
     # so there is nothing to forget; the smoke and qwen2.5-3b presets run it. `capitals` is a prior skill of the
     # small model, scored like the new task (see vla_cl.llm_track.measure.PRIOR_SKILLS).
-    retention: list = option([*BENCHMARKS, *PRIOR_SKILLS], f"retention benchmarks: {', '.join(RETENTION)}")  # noqa: RUF009
+    retention: list = option([*BENCHMARKS, *PRIOR_SKILLS], f"retention benchmarks: {', '.join(RETENTION)}")
     retention_source: str = option("local", "local: the labelled stand-ins (offline); hub: the real lm-eval tasks")
     retention_limit: int = option(12, "documents per lm-eval benchmark (0: all); the first N of each")
     humaneval_problems: int = option(16, "HumanEval problems (the first N of the real 164)")

@@ -65,7 +65,7 @@ class ModelConfig:
     lora_alpha: int = option(32, "LoRA alpha (the update is scaled by alpha / rank)")
     lora_dropout: float = option(0.0, "LoRA dropout")
     lora_layers: int = option(8, "adapt only the last N transformer blocks (0: all); fewer layers train faster on CPU")
-    lora_targets: list = option(["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],  # noqa: RUF009
+    lora_targets: list = option(["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
                                 "module names the adapter wraps")
 
     def __post_init__(self) -> None:
@@ -138,7 +138,7 @@ def resolve(name: str) -> str | Path:
     if "/" not in hub_id:
         raise ModelUnavailable(f"unknown model {name!r}: use one of {', '.join([*LOCAL_MODELS, *HUB_MODELS])}, a "
                                "local folder or a hub id (owner/name)")
-    from vla_cl.policies.openvla.checkpoint import hub_unreachable
+    from vla_cl.hub import hub_unreachable
 
     why = hub_unreachable()
     if why:

@@ -28,10 +28,9 @@ from vla_cl.llm_track.config import LLMConfig
 from vla_cl.llm_track.kl import Responses, generate_responses
 from vla_cl.llm_track.models import load, load_adapter, with_adapter
 from vla_cl.llm_track.tasks import load_task
+from vla_cl.llm_track.train import points_of
 from vla_cl.runs import RunDir
 from vla_cl.stages import Stages, log, resolve_workers
-
-FAMILY = {"grpo": "rl", "sft": "sft"}
 
 
 def old_task_examples(n: int, seed: int) -> list[dict]:
@@ -120,13 +119,6 @@ def stage_sweep(config: LLMConfig, train: list[dict], probes: Path, folder: Path
         out.append({"key": spec.key, "method": spec.method, "lr": spec.lr, "steps": spec.steps,
                     "snapshots": spec.snapshots, "folder": str(folder / spec.key)})
     return out
-
-
-def points_of(runs: list[dict]) -> list[dict]:
-    return [{"key": f"{r['key']}__step{step}", "run": r["key"], "method": r["method"], "family": FAMILY[r["method"]],
-             "setting": f"lr={r['lr']:g}", "step": step, "final": step == r["steps"],
-             "adapter": str(Path(r["folder"]) / "adapters" / f"step-{step}")}
-            for r in runs for step in [*r["snapshots"], r["steps"]]]
 
 
 def _evaluate_points(config: LLMConfig, held: list[dict], points: list[dict], probes: Path, folder: Path,

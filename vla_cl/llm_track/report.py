@@ -16,7 +16,7 @@ from typing import Any
 from vla_cl.evaluation.law_plots import fmt, plot_forgetting_vs_kl, plot_pareto, plot_r2, pyplot, save, table
 from vla_cl.files import write_json_atomic, write_text_atomic
 from vla_cl.kl.compare import PREDICTORS
-from vla_cl.llm_track.pipeline import points_of
+from vla_cl.llm_track.train import points_of
 from vla_cl.runs import latest_report
 
 ASSETS = "report_assets"

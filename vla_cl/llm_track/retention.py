@@ -174,9 +174,10 @@ def evaluate_retention(model: Any, tokenizer: Any, benchmarks: Sequence[str], *,
             lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
             # Scoring multiple choice is deterministic, so no seeds: reseeding would reset the caller's
             # (a training loop's) random streams.
-            output = evaluator.simple_evaluate(
-                model=lm, tasks=tasks, task_manager=manager, limit=limit, log_samples=True,
-                random_seed=None, numpy_random_seed=None, torch_random_seed=None)
+            with _no_progress_bars():
+                output = evaluator.simple_evaluate(
+                    model=lm, tasks=tasks, task_manager=manager, limit=limit, log_samples=True,
+                    random_seed=None, numpy_random_seed=None, torch_random_seed=None)
     finally:
         model.train(was_training)
     return {b.name: _result(b, output, stand_in, limit) for b in chosen}
@@ -197,7 +198,7 @@ def _lm_eval_tasks_root() -> Path:
 
 def _require_hub(tasks: list[str]) -> None:
     """Fail in seconds rather than after datasets' retries when the real benchmarks cannot be downloaded."""
-    from vla_cl.policies.openvla.checkpoint import hub_unreachable
+    from vla_cl.hub import hub_unreachable
 
     reason = hub_unreachable()
     if reason:
@@ -243,6 +244,31 @@ class _DropExpected(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         return not str(record.msg).startswith(("`pretrained` model kwarg is not of type `str`",
                                                "Passed an already-initialized model through `pretrained`"))
+
+
+@contextlib.contextmanager
+def _no_progress_bars() -> Iterator[None]:
+    """lm-eval's tqdm bars (building requests, tokenizing, scoring) off for the duration of one evaluation.
+
+    lm-eval passes ``disable=False`` explicitly where it has the option at all (so ``TQDM_DISABLE`` cannot
+    win) and offers none for the request-building bar, so each lm_eval module's own ``tqdm`` name is swapped
+    for one that is always disabled, and put back afterwards; our own bars (another module's) are untouched."""
+    import sys
+
+    from tqdm import tqdm
+
+    def disabled(*args: Any, **kwargs: Any) -> tqdm:
+        return tqdm(*args, **{**kwargs, "disable": True})
+
+    modules = [m for name, m in list(sys.modules.items())
+               if (name == "lm_eval" or name.startswith("lm_eval.")) and getattr(m, "tqdm", None) is tqdm]
+    for module in modules:
+        module.tqdm = disabled
+    try:
+        yield
+    finally:
+        for module in modules:
+            module.tqdm = tqdm
 
 
 @contextlib.contextmanager

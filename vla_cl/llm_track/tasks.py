@@ -159,8 +159,8 @@ ADAPTERS: dict[str, Callable[[Any, int], Any]] = {"orz": _orz, "sciknoweval": _s
 
 
 def _read_hub(config: TaskConfig) -> list[dict]:
+    from vla_cl.hub import hub_unreachable
     from vla_cl.llm_track.models import ModelUnavailable
-    from vla_cl.policies.openvla.checkpoint import hub_unreachable
 
     why = hub_unreachable()
     if why:

@@ -26,6 +26,7 @@ from vla_cl.llm_track.models import ModelConfig, load, with_adapter
 from vla_cl.llm_track.rewards import trl_reward
 
 METHODS = ("grpo", "sft")
+FAMILY = {"grpo": "rl", "sft": "sft"}  # the forgetting law's name for each method's family
 
 
 @dataclasses.dataclass
@@ -35,7 +36,7 @@ class RunSpec:
     method: str = option("grpo", "grpo (TRL GRPOTrainer) or sft (TRL SFTTrainer)")
     lr: float = option(1e-4, "AdamW peak learning rate")
     steps: int = option(20, "optimizer steps")
-    snapshots: list = option([], "steps whose adapter is also kept as a mid-training point")  # noqa: RUF009
+    snapshots: list = option([], "steps whose adapter is also kept as a mid-training point")
 
     def __post_init__(self) -> None:
         require_choice("run.method", self.method, METHODS)
@@ -48,6 +49,16 @@ class RunSpec:
     def key(self) -> str:
         return f"{self.method}_lr{self.lr:g}".replace(".", "p").replace("-", "m")
 
+
+
+def points_of(runs: list[dict]) -> list[dict]:
+    """The sweep's points: every adapter each run keeps (its snapshots and its last step, where ``train_run``
+    saves them), each with what the law and the report group it by. ``runs`` are the sweep's records (key,
+    method, lr, steps, snapshots, folder)."""
+    return [{"key": f"{r['key']}__step{step}", "run": r["key"], "method": r["method"], "family": FAMILY[r["method"]],
+             "setting": f"lr={r['lr']:g}", "step": step, "final": step == r["steps"],
+             "adapter": str(Path(r["folder"]) / "adapters" / f"step-{step}")}
+            for r in runs for step in [*r["snapshots"], r["steps"]]]
 
 @dataclasses.dataclass
 class TrainerSettings:

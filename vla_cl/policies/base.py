@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from vla_cl.kl import action_log_probs, log_probs
+from vla_cl.kl import action_log_probs, entropy
 from vla_cl.tokenizer import ActionTokenizer
 
 
@@ -350,9 +350,9 @@ class Policy(nn.Module, abc.ABC):
         return action_log_probs(self.action_logits(obs, tokens), tokens, self.action_support)
 
     def entropy(self, obs: ObsBatch, tokens: torch.Tensor | None = None) -> torch.Tensor:
-        """Per-position entropy (B, D) of the action-token distribution (teacher-forced on ``tokens``)."""
-        logp = log_probs(self.action_logits(obs, tokens), self.action_support)
-        return -(logp.exp() * logp).sum(-1)
+        """Per-position entropy (B, D) of the action-token distribution (teacher-forced on ``tokens``);
+        ``vla_cl.kl.entropy``, so a token given no mass (-inf logit) counts 0 log 0 = 0."""
+        return entropy(self.action_logits(obs, tokens), self.action_support)
 
     @torch.no_grad()
     def generate(

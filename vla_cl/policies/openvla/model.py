@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from vla_cl.policies.base import ObsBatch, Policy
+from vla_cl.policies.checkpoint import check_tensors  # one check of names and shapes for both formats
 from vla_cl.policies.openvla import checkpoint as ckpt
 from vla_cl.policies.openvla import processing
 from vla_cl.policies.openvla.config import OpenVLAConfig
@@ -223,7 +224,7 @@ class OpenVLAPolicy(Policy):
         select_unnorm_key(config, unnorm_key)  # fail on a bad dataset name before reading any weights
         found = ckpt.tensor_index(folder)
         expected = cls.expected_shapes(config)
-        ckpt.check_tensors(expected, {k: shape for k, (_, shape) in found.items()}, str(folder))
+        check_tensors(expected, {k: shape for k, (_, shape) in found.items()}, str(folder))
         if text_tokenizer is None:
             text_tokenizer = processing.load_text_tokenizer(folder)
         policy = cls(config, text_tokenizer, unnorm_key, torch_dtype=torch_dtype, device=device,
@@ -306,9 +307,9 @@ class OpenVLAPolicy(Policy):
 
     def env_actions(self, actions: Any) -> Any:
         """With ``bridge_orig`` statistics, SimplerEnv's post-processing (roll/pitch/yaw to axis-angle, gripper
-        ``2 * (g > 0.5) - 1``; ``vla_cl.envs.postprocess``), chosen by the checkpoint's statistics, never by
+        ``2 * (g > 0.5) - 1``; ``vla_cl.actions``), chosen by the checkpoint's statistics, never by
         a string the user passes."""
-        from vla_cl.envs.postprocess import conversion_for
+        from vla_cl.actions import conversion_for
 
         convert = conversion_for(self.unnorm_key)
         return actions if convert is None else convert(actions)
@@ -316,7 +317,7 @@ class OpenVLAPolicy(Policy):
     def policy_actions(self, actions: Any) -> Any:
         """Demonstrations in the env's convention as OpenVLA's actions (with ``bridge_orig`` statistics: the
         axis-angle rotation as roll/pitch/yaw, the gripper's +1 / -1 as openness 1 / 0)."""
-        from vla_cl.envs.postprocess import inverse_for
+        from vla_cl.actions import inverse_for
 
         invert = inverse_for(self.unnorm_key)
         return actions if invert is None else invert(actions)

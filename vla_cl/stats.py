@@ -1,5 +1,8 @@
 """Uncertainty for success rates: Wilson intervals and paired bootstrap intervals of differences.
 
+Pure statistics (numpy only), below every layer: recording demonstrations (``vla_cl.envs.demos``) reports
+its success rate with the same interval as an evaluation does.
+
 Policies are compared on a few hundred episodes at most, so every success rate and every difference
 between two policies needs an interval next to it.
 
@@ -88,16 +91,23 @@ def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[f
     return low, high
 
 
-def _outcomes(name: str, values: Any) -> np.ndarray:
+def finite_vector(name: str, values: Any, what: str = "") -> np.ndarray:
+    """``values`` as a 1-D float64 array, or a ValueError naming ``name`` (``what`` the values are) and the first
+    non-finite entry."""
     array = np.asarray(values, dtype=np.float64)
     if array.ndim != 1:
-        raise ValueError(f"{name} must be a 1-D array of per-episode outcomes, got shape {array.shape}")
-    if array.size == 0:
-        raise ValueError(f"{name} is empty: it needs at least one episode outcome")
+        raise ValueError(f"{name} must be a 1-D array{' of ' + what if what else ''}, got shape {array.shape}")
     bad = ~np.isfinite(array)
     if bad.any():
         index = int(np.argmax(bad))
         raise ValueError(f"{name} must be finite, got {float(array[index])} at index {index}")
+    return array
+
+
+def _outcomes(name: str, values: Any) -> np.ndarray:
+    array = finite_vector(name, values, "per-episode outcomes")
+    if array.size == 0:
+        raise ValueError(f"{name} is empty: it needs at least one episode outcome")
     return array
 
 

@@ -1,4 +1,9 @@
-"""SimplerEnv's post-processing of OpenVLA actions: from the model's 7 numbers to the env's 7-D action.
+"""The action convention: SimplerEnv's post-processing of OpenVLA actions, from the model's 7 numbers to
+the env's 7-D action, and back.
+
+It is the action space's convention, not the simulator's: policies convert with it (an OpenVLA checkpoint
+picks the conversion by its statistics) and the envs document their actions by it, so it sits below both
+layers (numpy only) where either may import it.
 
 OpenVLA decodes 7 numbers per step. After un-normalisation with the checkpoint's statistics
 (:meth:`vla_cl.tokenizer.NormStats.unnormalize`; dataset key ``bridge_orig`` for WidowX,

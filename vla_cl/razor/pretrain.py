@@ -13,6 +13,9 @@ in ``artifacts/policy`` (reload it with ``vla_cl.policies.load_policy``), and it
 measured through a suite (``suite=NAME``, or by default the pretraining tasks on the in-distribution axis)
 into ``eval/``.
 
+Measuring itself is why this sits above ``vla_cl.evaluation``, beside the razor's other stages (the razor's
+first stage runs it), rather than among the updaters it drives.
+
 Policies. ``state_token`` and ``small_vlm`` are built fresh for the tasks (their state size, instructions and
 action statistics). ``openvla`` warms up a pretrained OpenVLA (``init=``: a hub id or a local folder in
 OpenVLA's layout, loaded with the tasks' action statistics, ``bridge_orig`` on the Bridge scenes) through
@@ -37,13 +40,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import re
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from vla_cl.config import RunConfig, option, require, require_choice
+from vla_cl.envs.expert_demos import expert_demos
 from vla_cl.runs import RunDir
 from vla_cl.stages import resolve_workers
 
@@ -55,9 +57,9 @@ SMALL_VLM_IMAGE = 64  # small_vlm's default input side
 
 @dataclasses.dataclass
 class PretrainConfig(RunConfig):
-    tasks: list = option(list(DEFAULT_TASKS), "tasks to learn (each needs a scripted expert)")  # noqa: RUF009
+    tasks: list = option(list(DEFAULT_TASKS), "tasks to learn (each needs a scripted expert)")
     demos: int = option(150, "expert episodes kept per task (successful ones)")
-    task_demos: dict = option({}, "episodes for some tasks where they differ from demos, {task: n}")  # noqa: RUF009
+    task_demos: dict = option({}, "episodes for some tasks where they differ from demos, {task: n}")
     policy: str = option("state_token", f"the policy to train: {', '.join(POLICIES)}")
     init: str | None = option(None, "openvla: the pretrained checkpoint to warm up (a hub id such as "
                               "openvla/openvla-7b, or a local folder in OpenVLA's layout)")
@@ -74,7 +76,7 @@ class PretrainConfig(RunConfig):
     lr: float = option(1e-2, "AdamW peak learning rate (cosine decay to 0)")
     label_sigma: float | None = option(None, "Gaussian soft labels, sigma in bins (0 = hard labels; None: 2 for "
                                        "state_token, 0 for autoregressive policies); see the module docstring")
-    hidden: list = option([256, 256], "state_token: hidden layer widths")  # noqa: RUF009
+    hidden: list = option([256, 256], "state_token: hidden layer widths")
     lora_rank: int = option(32, "openvla: LoRA rank of the warm-up adapters")
     device: str = option("cpu", "torch device to train on: cpu, cuda, cuda:1, ...", affects_results=False)
     suite: str | None = option(None, "suite to measure pi0 on (None: the pretraining tasks, in_distribution)")
@@ -168,7 +170,7 @@ class PretrainConfig(RunConfig):
         return {"obs_mode": self.obs_mode, "image_size": self.side, **self.env_options()}
 
 
-# ------------------------------------------------------------------------------------------ demonstrations
+# ------------------------------------------------------------------------------------------ labels
 
 
 def default_label_sigma(policy: str) -> float:
@@ -176,62 +178,6 @@ def default_label_sigma(policy: str) -> float:
     from vla_cl.policies import get_policy_class
 
     return 0.0 if get_policy_class(policy).autoregressive else 2.0
-
-
-def task_slug(task: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", task)
-
-
-def _collect_one(task: str, n: int, seed: int, folder: str, options: dict[str, Any]) -> str:
-    import torch
-
-    from vla_cl.envs.demos import collect_demos, save_demos
-
-    torch.set_num_threads(1)
-    save_demos(collect_demos(task, n, seed=seed, **options), folder)
-    return folder
-
-
-def _cached(folder: Path, task: str, n: int, seed: int, options: dict[str, Any]):
-    from vla_cl.envs.demos import load_demos
-
-    if not folder.exists():
-        return None
-    try:
-        demos = load_demos(folder)
-    except (ValueError, OSError):
-        return None
-    meta, recorded = demos.meta, demos.meta.get("env_options", {})
-    same = (meta.get("task_id") == task and meta["counts"]["episodes"] == n
-            and meta.get("obs_mode") == options["obs_mode"]
-            and meta.get("episode_seeds", [None])[0] is not None and min(meta["episode_seeds"]) >= seed
-            and (options["obs_mode"] == "state" or (meta.get("image_size") == options["image_size"]
-                                                    and recorded.get("camera_size") == options["camera_size"])))
-    return demos if same else None
-
-
-def expert_demos(tasks: list[str], n: int, seed: int, root: Path, *, obs_mode: str = "state", image_size: int = 64,
-                 camera_size: int | None = None, workers: int = 1, log: Any = None) -> list:
-    """Each task's expert demonstrations in ``root/<task>/``: read when already there (recorded the same way),
-    else recorded (tasks in parallel processes). Episode k of every task is attempted from seed ``seed + k``."""
-    import multiprocessing
-
-    from vla_cl.envs.demos import load_demos
-
-    options = {"obs_mode": obs_mode, "image_size": image_size, "camera_size": camera_size}
-    todo = [t for t in tasks if _cached(root / task_slug(t), t, n, seed, options) is None]
-    if todo:
-        start = time.perf_counter()
-        args = [(t, n, seed, str(root / task_slug(t)), options) for t in todo]
-        if workers > 1 and len(todo) > 1:
-            with ProcessPoolExecutor(min(workers, len(todo)), mp_context=multiprocessing.get_context("spawn")) as pool:
-                list(pool.map(_collect_one, *zip(*args)))
-        else:
-            for a in args:
-                _collect_one(*a)
-        if log is not None:
-            log(event="demos", tasks=todo, seconds=round(time.perf_counter() - start, 2))
-    return [load_demos(root / task_slug(t)) for t in tasks]
 
 
 # ------------------------------------------------------------------------------------------ pi0
@@ -285,6 +231,7 @@ def pretrain(config: PretrainConfig, run_dir: RunDir) -> Path:
     """Demonstrations -> merged -> behaviour cloning; returns the policy's folder (see the module docstring)."""
     from vla_cl.envs import get_spec
     from vla_cl.envs.demos import merge_demos
+    from vla_cl.updaters.base import OptimizerConfig
     from vla_cl.updaters.loop import LoopConfig, check_device, train
     from vla_cl.updaters.supervised import SFT, SFTConfig
 
@@ -299,10 +246,10 @@ def pretrain(config: PretrainConfig, run_dir: RunDir) -> Path:
     merged = merge_demos([by_task[t] for t in config.tasks])
     policy = build_policy(config, merged, [get_spec(t).instruction for t in config.tasks])
     iterations = max(1, math.ceil(config.epochs * len(merged) / config.batch_size))
-    updater = SFT(SFTConfig(lr=config.lr, schedule="cosine", batch_size=config.batch_size, minibatches=1,
-                            label_sigma=config.label_sigma))
-    loop = LoopConfig(iterations=iterations, checkpoint_every=max(1, iterations // 4), progress=config.progress,
-                      tensorboard=False, device=config.device)
+    updater = SFT(SFTConfig(optim=OptimizerConfig(lr=config.lr, schedule="cosine", minibatches=1),
+                            batch_size=config.batch_size, label_sigma=config.label_sigma))
+    loop = LoopConfig(iterations=iterations, checkpoint_every=max(1, iterations // 4), refresh_every=0,  # no envs
+                      progress=config.progress, tensorboard=False, device=config.device)
     trainable = sum(p.numel() for p in policy.trainable_parameters())
     print(f"[pretrain] {policy.name} ({sum(p.numel() for p in policy.parameters()):,} parameters, {trainable:,} "
           f"trained) on {len(merged)} steps of {merged.num_episodes} demonstrations of {len(config.tasks)} tasks: "
