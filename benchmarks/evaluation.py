@@ -8,7 +8,9 @@ actions) through ``vla_cl.evaluation.evaluate``, against the bare env in the sam
 inside the envs' own ``reset`` and ``step`` for those very episodes (so the same actions, the same machine
 load). Episodes/s and env steps/s of the evaluation are wall-clock rates of the whole run (env creation
 and closing, policy calls, bookkeeping included); ``ratio`` = evaluation steps/s over bare steps/s.
-Target >= 0.8.
+Target >= 0.8. Table 1b splits the evaluation's wall clock in that same run: the bare env, the policy
+(observations to actions, ``PolicyActor``), env creation (and rebuilding the scene of an env kept from the
+previous job, ``vla_cl.evaluation.runner.job_env``), and the rest (the collector, bookkeeping).
 
 Table 2: the same suite with 2 worker processes against 1, wall clock, the worker pool already started
 (an ``Evaluator`` keeps it alive across the policies of a sweep; the pool's start-up is shown apart).
@@ -48,29 +50,39 @@ def cpu_policy():
                        instructions=[get_spec(t).instruction for t in TASKS])
 
 
-class EnvClock:
-    """Time spent inside the envs' own ``reset`` and ``step`` (the bare simulator) during a run."""
+class Clock:
+    """Time spent inside some functions during a run: each ``(owner, name)`` is replaced by a timed copy
+    while the clock runs (a class's method, or a module's function that its callers look up by name)."""
 
-    def __init__(self):
-        from vla_cl.envs.wrapper import VLAEnv
-
-        self.seconds, self.cls = 0.0, VLAEnv
-        self.originals = {name: getattr(VLAEnv, name) for name in ("reset", "step")}
+    def __init__(self, *targets: tuple[object, str]):
+        self.seconds = 0.0
+        self.originals = {(owner, name): getattr(owner, name) for owner, name in targets}
 
     def __enter__(self) -> Self:
-        for name, original in self.originals.items():
-            def timed(env, *args, _original=original, **kwargs):
+        for (owner, name), original in self.originals.items():
+            def timed(*args, _original=original, **kwargs):
                 start = time.perf_counter()
                 try:
-                    return _original(env, *args, **kwargs)
+                    return _original(*args, **kwargs)
                 finally:
                     self.seconds += time.perf_counter() - start
-            setattr(self.cls, name, timed)
+            setattr(owner, name, timed)
         return self
 
     def __exit__(self, *exc) -> None:
-        for name, original in self.originals.items():
-            setattr(self.cls, name, original)
+        for (owner, name), original in self.originals.items():
+            setattr(owner, name, original)
+
+
+def clocks() -> dict[str, Clock]:
+    """The bare env (the envs' own ``reset`` and ``step``), the policy, env creation, and scene rebuilds
+    (whose resets the env clock counts too)."""
+    from vla_cl.envs.wrapper import VLAEnv
+    from vla_cl.evaluation import runner
+    from vla_cl.updaters.data import PolicyActor
+
+    return {"env": Clock((VLAEnv, "reset"), (VLAEnv, "step")), "policy": Clock((PolicyActor, "__call__")),
+            "creation": Clock((runner, "job_env")), "rebuild": Clock((runner, "_rebuild"))}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -87,18 +99,25 @@ def main(argv: list[str] | None = None) -> int:
 
     with Evaluator(suite, workers=1, progress=False) as one:
         Evaluator(warm_up, progress=False)(policy)  # imports the simulator and builds a first scene
-        with EnvClock() as clock:
+        timers = clocks()
+        with timers["env"], timers["policy"], timers["creation"], timers["rebuild"]:
             start = time.perf_counter()
             result = one(policy)
             seconds = time.perf_counter() - start
     steps = sum(sum(c.lengths) for c in result.cells.values())
     n_episodes = sum(c.episodes for c in result.cells.values())
-    bare = steps / clock.seconds
+    inside = timers["env"].seconds - timers["rebuild"].seconds  # the episodes' own resets and steps
+    bare = steps / inside
     print_table("1. evaluation vs the bare env (one process, wall clock, same run)",
                 ["what", "episodes/s", "env steps/s", "ratio"],
-                [["bare env: time inside env.reset/step", f"{n_episodes / clock.seconds:.1f}", f"{bare:.0f}", "1.00"],
+                [["bare env: time inside env.reset/step", f"{n_episodes / inside:.1f}", f"{bare:.0f}", "1.00"],
                  [f"evaluate(): state_token, {n_episodes} episodes", f"{n_episodes / seconds:.1f}",
                   f"{steps / seconds:.0f}", f"{steps / seconds / bare:.2f}"]])
+    parts = {"bare env (the episodes' env.reset/step)": inside, "policy (observations -> actions)":
+             timers["policy"].seconds, "env creation and scene rebuilds (job_env)": timers["creation"].seconds}
+    parts["the rest (collector, bookkeeping)"] = seconds - sum(parts.values())
+    print_table(f"1b. where the evaluation's {seconds:.1f} s go (same run)", ["part", "seconds", "share"],
+                [[name, f"{value:.2f}", f"{value / seconds:.0%}"] for name, value in parts.items()])
 
     # The cores are shared with other machines' work, which moves wall-clock rates by tens of percent from
     # minute to minute: alternate 1 and 2 workers and keep each one's best of --repeats runs.

@@ -10,7 +10,7 @@ conventions, so a policy sees exactly what OpenVLA sees in SimplerEnv's evaluati
   through the end effector), gripper (-1 close, +1 open; ManiSkill maps [-1, 1] linearly onto the
   finger targets). The controller accumulates targets, so deltas add up exactly even when the arm
   lags. The action space is +-``TRANSLATION_LIMIT`` m and +-``ROTATION_LIMIT`` rad, which holds every
-  action OpenVLA can emit with the ``bridge_orig`` statistics (see :mod:`vla_cl.envs.postprocess`);
+  action OpenVLA can emit with the ``bridge_orig`` statistics (see :mod:`vla_cl.actions`);
 * image: the ``3rd_view_camera`` (640x480, the Bridge camera) greenscreened with the real photo, resized
   to ``image_size`` squared (224 by default) with ``cv2.INTER_AREA`` (as OpenVLA's SimplerEnv evaluation
   does); these tasks observe the image by default (``obs_mode`` rgb);

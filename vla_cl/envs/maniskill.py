@@ -1,11 +1,18 @@
-"""Create ManiSkill3 tasks on the CPU backends, safely.
+"""Create ManiSkill3 tasks on the CPU backends, safely and quietly.
 
 ManiSkill3 prompts on stdin for missing assets and calls ``exit()`` when the answer is no; both are
 disabled here. SAPIEN's Vulkan driver is selected first (see :mod:`vla_cl.envs.vulkan`).
+
+ManiSkill logs two warnings every time it builds a scene that say nothing a user can act on: actors and
+articulations its own task code builds without an initial pose, and the WidowX gripper's controller
+config lacking a mimic map (it then assumes the right one). A run builds hundreds of scenes, so those two
+(``KNOWN_NOISE``) are dropped from ManiSkill's logger, once, when this module is imported; every other
+ManiSkill message still shows.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
@@ -13,11 +20,39 @@ import numpy as np
 
 from vla_cl.envs.vulkan import configure_vulkan
 
+# The beginnings of the ManiSkill log messages dropped (see the module docstring).
+KNOWN_NOISE = (
+    "No initial pose set for actor builder of ",
+    "No initial pose set for articulation builder of ",
+    "Mimic targets dictionary is missing for controller config for ",
+)
+# ManiSkill's logger is named "mani_skill " (trailing space, mani_skill/utils/logging_utils.py) and does not
+# propagate; the plain name is covered in case a release fixes the spelling.
+MANISKILL_LOGGERS = ("mani_skill ", "mani_skill")
+
+
+class _DropKnownNoise(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(KNOWN_NOISE)
+
+
+def quiet_maniskill_log() -> None:
+    """Drop ``KNOWN_NOISE`` from ManiSkill's logger (idempotent; works before ManiSkill is imported, since
+    the logger is looked up by name)."""
+    for name in MANISKILL_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropKnownNoise) for f in logger.filters):
+            logger.addFilter(_DropKnownNoise())
+
+
+quiet_maniskill_log()
+
 
 def import_maniskill() -> None:
     """Import ManiSkill3's task registry with a Vulkan driver chosen and download prompts disabled."""
     os.environ.setdefault("MS_SKIP_ASSET_DOWNLOAD_PROMPT", "1")
     configure_vulkan()
+    quiet_maniskill_log()
     import mani_skill.envs  # noqa: F401  (registers the gym ids)
 
 
@@ -51,7 +86,7 @@ def make_maniskill(
         camera = dict(options.get("human_render_camera_configs") or {})
         options["human_render_camera_configs"] = {**camera, "width": render_size, "height": render_size}
     if sensor_size is not None:
-        options["sensor_configs"] = dict(width=sensor_size, height=sensor_size)
+        options["sensor_configs"] = {"width": sensor_size, "height": sensor_size}
     env = gym.make(env_id, **options)
     if needs_renderer:
         keep_renderer_alive(options["render_backend"])

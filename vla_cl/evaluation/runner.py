@@ -9,12 +9,22 @@ expert) or ``"random"`` (uniform actions). Episodes run through :func:`vla_cl.en
 collector the training loop uses, on envs made with the same options, so evaluation resets and truncates
 exactly as training does.
 
-Jobs. One job is one (task, axis, evaluation seed): a fresh env (or ``num_envs`` of them) of that task
-with the axis's options, ``episodes`` episodes from reset seeds ``seed, seed + 1, ...``, and the policy's
-sampling drawn from a generator seeded by the evaluation seed. A job's result depends on nothing else,
-so results are the same with 1 or N worker processes and in any order. Workers are spawned processes
+Jobs. One job is one (task, axis, evaluation seed): an env (or ``num_envs`` of them) of that task with the
+axis's options, as freshly created, ``episodes`` episodes from reset seeds ``seed, seed + 1, ...``, and the
+policy's sampling drawn from a generator seeded by the evaluation seed. A job's result depends on nothing
+else, so results are the same with 1 or N worker processes and in any order. Workers are spawned processes
 that keep their policy loaded between jobs; :class:`Evaluator` keeps them alive across policies (a sweep
 evaluates many).
+
+Envs kept between jobs. A process keeps the last job's env; the next job takes it when it runs the same
+task with the same options (the cell's next seed block; in a worker, also the same cell of the next
+policy) instead of creating one. ManiSkill's physics keeps solver and contact state across ordinary resets
+(see ``vla_cl.updaters.loop.refresh``; measured here too: PickCube's returns changed in their last bits),
+which would make a job's episodes depend on the jobs before it, so a kept env's scene is rebuilt first (a
+reset with ``reconfigure=True``): it then behaves as a fresh one, episode for episode
+(tests/test_evaluation_envs.py compares the two). Measured with gc frozen: building a Bridge scene again
+costs ~0.06 s against ~0.15 s for a new env; on the Panda tasks both cost ~0.06 s. Env creation is ~2 % of
+an evaluation's wall clock, the policy's forward passes ~30 % (benchmarks/evaluation.py, table 1b).
 
 Resuming. With ``out_dir``, every finished job is written to ``out_dir/jobs/`` at once (atomically), next
 to a fingerprint of the suite and the policy's weights; started again with the same out_dir, finished
@@ -176,12 +186,52 @@ def _actor(policy: Any, env: Any, task: str, suite: SuiteConfig, seed: int):
     return PolicyActor(policy, torch.Generator().manual_seed(seed), suite.greedy, device, suite.temperature)
 
 
+# The env the last job of this process ran on, and what it was made with: (task, envs, options) -> env.
+_KEPT: dict[tuple, Any] = {}
+SCENE_SEED = 2022  # what ManiSkill builds a new env's scene with; every episode is then reset with its own seed
+
+
+def job_env(task: str, options: dict[str, Any], n_envs: int) -> Any:
+    """An env of ``task`` with ``options`` that behaves as a freshly created one: the previous job's, its
+    scene rebuilt, when that job ran the same task with the same options; else a new one (the previous env
+    is closed). See the module docstring."""
+    from vla_cl.envs import make
+    from vla_cl.envs.vector import make_vector
+
+    key = (task, n_envs, json.dumps(options, sort_keys=True, default=str))
+    if key in _KEPT:
+        _rebuild(_KEPT[key])
+        return _KEPT[key]
+    release_envs()
+    # One env runs bare (the collector takes a VLAEnv); a vector env only pays off when it batches.
+    env = make(task, **options) if n_envs == 1 else make_vector(task, n_envs, **options)
+    _KEPT[key] = env
+    return env
+
+
+def _rebuild(env: Any) -> None:
+    """Rebuild the scene of ``env`` (each sub-env of a vector env), as creating it did."""
+    import gymnasium as gym
+
+    rebuild = {"seed": SCENE_SEED, "options": {"reconfigure": True}}
+    if isinstance(env, gym.vector.VectorEnv):
+        env.call("reset", **rebuild)
+    else:
+        env.reset(**rebuild)
+
+
+def release_envs() -> None:
+    """Close the env kept for the next job, if any."""
+    while _KEPT:
+        _KEPT.popitem()[1].close()
+
+
 def run_job(policy: Any, info: PolicyInfo, suite: SuiteConfig, job: Job, on_episode=None) -> CellResult:
-    """One job's episodes (see the module docstring); ``on_episode()`` is called as each one ends."""
+    """One job's episodes (see the module docstring); ``on_episode()`` is called as each one ends. The env
+    is kept for the next job (:func:`release_envs` closes it)."""
     import torch
 
-    from vla_cl.envs import make
-    from vla_cl.envs.vector import make_vector, rollout
+    from vla_cl.envs.vector import rollout
 
     seed = suite.seeds[job.block]
     # ManiSkill collects garbage whenever it builds or closes a scene; with torch and the simulator
@@ -191,9 +241,7 @@ def run_job(policy: Any, info: PolicyInfo, suite: SuiteConfig, job: Job, on_epis
     options = suite.env_options(suite.task(job.task), job.axis, obs_mode_for(info.reads, suite))
     if info.image_size is not None:
         options["image_size"] = info.image_size
-    n_envs = min(suite.num_envs, suite.episodes)
-    # One env runs bare (the collector takes a VLAEnv); a vector env only pays off when it batches.
-    env = make(job.task, **options) if n_envs == 1 else make_vector(job.task, n_envs, **options)
+    env = job_env(job.task, options, min(suite.num_envs, suite.episodes))
     on_step = None
     if on_episode is not None:
         on_step = lambda t: on_episode() if t.terminated or t.truncated else None
@@ -201,8 +249,9 @@ def run_job(policy: Any, info: PolicyInfo, suite: SuiteConfig, job: Job, on_epis
         with torch.no_grad():
             episodes = rollout(_actor(policy, env, job.task, suite, seed), env, suite.episodes, seed=seed,
                                on_step=on_step)
-    finally:
-        env.close()
+    except BaseException:
+        release_envs()  # an env stopped mid-episode is not handed to another job
+        raise
     return CellResult(job.task, job.axis, [e.seed for e in episodes], [bool(e.success) for e in episodes],
                       [int(e.length) for e in episodes], [float(e.ret) for e in episodes],
                       initial_states=[e.initial_state for e in episodes])
@@ -294,6 +343,7 @@ class Evaluator:
                 self._run_in_workers(policy if isinstance(policy, (str, Path)) else runnable, info, todo, finished, bar)
         finally:
             bar.close()
+            release_envs()  # workers keep theirs until they exit
         cells: dict[tuple[str, str], CellResult] = {}
         for entry in suite.tasks:
             for axis in suite.axes:

@@ -14,8 +14,10 @@ statistics come back bit for bit.
 Loading validates before building anything from the weights: the folder must carry this format (a
 foreign folder or an unknown version is named as such), the recorded policy must match, the weights'
 digest must match (a truncated or altered file is reported as corrupt), and the tensor names and
-shapes must be exactly the policy's (missing, unexpected and mis-shaped names are listed, first few).
-Tensors are read with safetensors and the config with json: nothing is ever unpickled.
+shapes must be exactly the policy's (missing, unexpected and mis-shaped names are listed, first few),
+and every floating-point tensor must be finite (a run that diverged and saved NaN weights would otherwise
+evaluate as a policy that merely fails every episode). Tensors are read with safetensors and the config
+with json: nothing is ever unpickled.
 
 Saving is atomic: everything is written into a temporary sibling folder and renamed into place, so an
 interrupted save leaves either the previous checkpoint or none, never a half-written one.
@@ -30,10 +32,11 @@ import shutil
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
 if TYPE_CHECKING:
-    from vla_cl.policies.base import Policy
+    import torch
+
     from vla_cl.tokenizer import ActionTokenizer
 
 FORMAT = "vla_cl.policy"
@@ -41,6 +44,31 @@ FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 SHOWN = 5  # names listed per kind of mismatch
+
+
+class Checkpointable(Protocol):
+    """What this format reads from a policy and writes into one; ``vla_cl.policies.base.Policy`` offers it all.
+
+    Named here rather than imported, so that the format depends on no policy class: ``Policy`` uses it for its
+    default ``save_pretrained`` / ``from_pretrained``, and the dependency points one way."""
+
+    name: ClassVar[str]
+    tokenizer: ActionTokenizer
+    action_dim: int
+
+    def config_dict(self) -> dict[str, Any]: ...
+
+    def checkpoint_state(self) -> Mapping[str, torch.Tensor]: ...
+
+    def load_checkpoint_state(self, tensors: Mapping[str, torch.Tensor]) -> None: ...
+
+    def eval(self) -> Any: ...  # torch.nn.Module's: a loaded policy acts in eval mode
+
+    @classmethod
+    def from_checkpoint_config(cls, tokenizer: ActionTokenizer, config: Mapping[str, Any]) -> Checkpointable: ...
+
+
+P = TypeVar("P", bound=Checkpointable)
 
 
 def _first(names: list[str]) -> str:
@@ -116,7 +144,7 @@ def _is_generic_checkpoint(folder: Path) -> bool:
         return False
 
 
-def write_checkpoint(policy: Policy, folder: str | Path, metadata: Mapping[str, Any] | None = None) -> Path:
+def write_checkpoint(policy: Checkpointable, folder: str | Path, metadata: Mapping[str, Any] | None = None) -> Path:
     """Save ``policy`` in the generic format (atomically; see the module docstring). An existing
     checkpoint of this format at ``folder`` is replaced; any other non-empty folder is refused."""
     from safetensors.torch import save_file
@@ -233,6 +261,35 @@ def check_tensors(
         raise ValueError(f"{where} does not match the policy its config describes; " + "; ".join(problems))
 
 
+def check_finite(tensors: Mapping[str, torch.Tensor], file: str | Path) -> None:
+    """ValueError naming ``file`` and the first tensor (by name) holding NaN or infinite values.
+
+    Every reader of policy weights calls this on what it read (the generic format here, OpenVLA's shards
+    tensor by tensor, its peft adapter folders), so a checkpoint of any kind is refused where it is loaded. One ``isfinite`` pass
+    per floating-point tensor; the counts in the message are computed only for the bad one."""
+    import torch
+
+    for name in sorted(tensors):
+        tensor = tensors[name]
+        if not (tensor.is_floating_point() or tensor.is_complex()) or bool(torch.isfinite(tensor).all()):
+            continue
+        nan, inf = int(torch.isnan(tensor).sum()), int(torch.isinf(tensor).sum())
+        raise ValueError(
+            f"{file} holds non-finite weights: tensor {name} has {nan} NaN and {inf} infinite values (of "
+            f"{tensor.numel()}); the run that saved it likely diverged. Use an earlier checkpoint of it, or train "
+            "again with a lower learning rate"
+        )
+
+
+def read_weights(weights: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a generic checkpoint's ``model.safetensors``, refused if any is not finite."""
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(weights))
+    check_finite(tensors, weights)
+    return tensors
+
+
 def _verified_weights(folder: Path, config: Mapping[str, Any]) -> Path:
     weights = folder / WEIGHTS_FILE
     if not weights.is_file():
@@ -242,34 +299,26 @@ def _verified_weights(folder: Path, config: Mapping[str, Any]) -> Path:
     return weights
 
 
-def load_checkpoint_into(policy: Policy, folder: str | Path) -> dict[str, Any]:
+def load_checkpoint_into(policy: Checkpointable, folder: str | Path) -> dict[str, Any]:
     """Load a checkpoint of the same policy into ``policy`` in place (resuming a run: nothing is rebuilt,
     an adapter policy's base stays as it is). Checked: format, policy name, digest, tensor names and
     shapes. Returns the checkpoint's config.json."""
-    from safetensors.torch import load_file
-
     folder = Path(folder)
     config = read_config_json(folder)
     check_header(config, folder, policy.name)
     weights = _verified_weights(folder, config)
     expected = {name: tuple(t.shape) for name, t in policy.checkpoint_state().items()}
     check_tensors(expected, _tensor_index(weights), str(weights))
-    policy.load_checkpoint_state(load_file(str(weights)))
+    policy.load_checkpoint_state(read_weights(weights))  # checked before anything is copied in
     return config
 
 
-def read_checkpoint(folder: str | Path, cls: type[Policy] | None = None) -> Policy:
-    """Rebuild the policy saved by ``write_checkpoint``. With ``cls``, the checkpoint must hold that
-    policy; without, the class comes from the registry by the recorded name."""
-    from safetensors.torch import load_file
-
+def read_checkpoint(folder: str | Path, cls: type[P]) -> P:
+    """Rebuild the policy saved by ``write_checkpoint``; the checkpoint must hold a ``cls`` policy (any
+    saved policy, whatever its class: ``vla_cl.policies.load_policy``)."""
     folder = Path(folder)
     config = read_config_json(folder)
-    check_header(config, folder, None if cls is None else cls.name)
-    if cls is None:
-        from vla_cl.policies.registry import get_policy_class
-
-        cls = get_policy_class(config["policy"])
+    check_header(config, folder, cls.name)
     weights = _verified_weights(folder, config)
     tokenizer = tokenizer_from_json(config["tokenizer"], str(folder / CONFIG_FILE))
     options = config["config"]
@@ -290,5 +339,5 @@ def read_checkpoint(folder: str | Path, cls: type[Policy] | None = None) -> Poli
         )
     expected = {name: tuple(t.shape) for name, t in policy.checkpoint_state().items()}
     check_tensors(expected, _tensor_index(weights), str(weights))
-    policy.load_checkpoint_state(load_file(str(weights)))
+    policy.load_checkpoint_state(read_weights(weights))
     return policy.eval()

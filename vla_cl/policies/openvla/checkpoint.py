@@ -5,7 +5,8 @@ A checkpoint folder holds ``config.json`` (OpenVLA's fields, ``norm_stats`` incl
 ``model.safetensors``), and the instruction tokenizer's files. Tensors are read with safetensors only
 (never pickle) and copied shard by shard into an already allocated model, so loading needs the
 model's memory plus one tensor, not twice the model. Loading is strict: every difference between the
-checkpoint's tensors and the model's parameters is reported with names and expected shapes.
+checkpoint's tensors and the model's parameters is reported with names and expected shapes, and a
+tensor holding NaN or infinite values is refused, naming its shard.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from vla_cl.hub import hub_unreachable
 from vla_cl.policies.openvla.config import OpenVLAConfig
 
 INDEX_FILE = "model.safetensors.index.json"
@@ -61,23 +63,6 @@ def resolve_checkpoint(name_or_path: str | Path, revision: str | None = None) ->
             "Without network access, download it elsewhere (`huggingface-cli download "
             f"{name_or_path} --local-dir DIR`) and pass DIR instead."
         ) from error
-
-
-def hub_unreachable(timeout: float = 3.0) -> str:
-    """Why the hub cannot be reached now ('' when it can): offline mode, or no TCP connection within
-    ``timeout`` seconds. Checked before any download, so an offline machine fails at once instead of after
-    huggingface_hub's retries."""
-    import os
-    import socket
-
-    for variable in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
-        if os.environ.get(variable, "").strip().lower() in ("1", "true", "yes", "on"):
-            return f"{variable} is set"
-    try:
-        with socket.create_connection(("huggingface.co", 443), timeout=timeout):
-            return ""
-    except OSError as error:
-        return f"no connection to huggingface.co: {error}"
 
 
 def is_finetuning_checkpoint(folder: Path) -> bool:
@@ -137,35 +122,13 @@ def tensor_index(folder: Path) -> dict[str, tuple[Path, tuple[int, ...]]]:
     return out
 
 
-def _listing(names: list[str]) -> str:
-    more = f", ... ({len(names)} in all)" if len(names) > _SHOW else ""
-    return ", ".join(names[:_SHOW]) + more
-
-
-def check_tensors(expected: Mapping[str, tuple[int, ...]], found: Mapping[str, tuple[int, ...]], where: str) -> None:
-    """Raise ValueError listing missing, unexpected and wrongly shaped tensors (the first few of each)."""
-    missing = sorted(set(expected) - set(found))
-    unexpected = sorted(set(found) - set(expected))
-    wrong = sorted(k for k in set(expected) & set(found) if tuple(expected[k]) != tuple(found[k]))
-    problems = []
-    if missing:
-        problems.append(f"missing {len(missing)} tensors: {_listing(missing)}")
-    if unexpected:
-        problems.append(f"unexpected {len(unexpected)} tensors: {_listing(unexpected)}")
-    if wrong:
-        shapes = [f"{k} has {tuple(found[k])}, expected {tuple(expected[k])}" for k in wrong]
-        problems.append(f"{len(wrong)} tensors with wrong shapes: {_listing(shapes)}")
-    if problems:
-        raise ValueError(
-            f"checkpoint {where} does not match the OpenVLA architecture its config.json describes "
-            f"({len(expected)} parameters expected): " + "; ".join(problems)
-        )
-
-
 @torch.no_grad()
 def load_tensors(module: nn.Module, index: Mapping[str, tuple[Path, tuple[int, ...]]]) -> None:
-    """Copy every tensor into the parameter of the same name, one shard and one tensor at a time."""
+    """Copy every tensor into the parameter of the same name, one shard and one tensor at a time; a tensor
+    holding NaN or infinite values is refused (ValueError naming the shard and the tensor)."""
     from safetensors import safe_open
+
+    from vla_cl.policies.checkpoint import check_finite
 
     params = dict(module.named_parameters())
     by_file: dict[Path, list[str]] = {}
@@ -174,7 +137,9 @@ def load_tensors(module: nn.Module, index: Mapping[str, tuple[Path, tuple[int, .
     for file, names in by_file.items():
         with safe_open(str(file), framework="pt", device="cpu") as handle:
             for name in names:
-                params[name].copy_(handle.get_tensor(name))
+                tensor = handle.get_tensor(name)
+                check_finite({name: tensor}, file)
+                params[name].copy_(tensor)
 
 
 def _parse_size(size: int | str) -> int:

@@ -70,6 +70,14 @@ def load_adapters(policy: Any, folder: Path, is_trainable: bool) -> None:
     if info.get("unnorm_key") != policy.unnorm_key:
         raise ValueError(f"the adapter was trained acting with statistics {info.get('unnorm_key')!r}, this policy "
                          f"uses {policy.unnorm_key!r}; load the base with unnorm_key={info.get('unnorm_key')!r}")
+    from safetensors.torch import load_file
+
+    from vla_cl.policies.checkpoint import check_finite
+
+    for name in info["modules"]:  # refused before anything is attached (peft would load NaN silently)
+        weights = folder / name / "adapter_model.safetensors"
+        if weights.is_file():
+            check_finite(load_file(str(weights)), weights)
     policy.requires_grad_(False)
     for name in info["modules"]:
         wrapped = PeftModel.from_pretrained(getattr(policy, name), str(folder / name), is_trainable=is_trainable)
