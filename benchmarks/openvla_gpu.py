@@ -58,7 +58,7 @@ STATS = {"benchmark": {"action": {"q01": [-0.03, -0.04, -0.03, -0.1, -0.1, -0.2,
                                   "q99": [0.03, 0.04, 0.04, 0.1, 0.1, 0.2, 1.0],
                                   "mask": [True] * 6 + [False]}}}
 # RL4VLA's PPO settings (arXiv 2505.19789): lr 1e-4, 1 PPO epoch, no KL term.
-PPO_OPTIONS = {"lr": 1e-4, "update_epochs": 1, "minibatches": 1, "kl_coef": 0.0}
+PPO_OPTIONS = {"optim": {"lr": 1e-4, "update_epochs": 1, "minibatches": 1}, "kl_coef": 0.0}
 EPISODE_STEPS = 4  # rows per synthetic episode in the PPO batch (a batch not divisible: 1-step episodes)
 # RL4VLA's peak GPU memory for their shared actor-critic PPO on one A100 (theirs), as quoted to this
 # project; not yet checked against arXiv 2505.19789 (whose summary gives "45 % less VRAM than a separate
@@ -155,8 +155,9 @@ def measure_lora_steps(policy: OpenVLAPolicy, trainable: list[torch.nn.Parameter
     rows = []
     for label, name, extra in (("warm-up SFT (hard labels)", "sft", {}),
                                ("SFT + 0.1 KL(pi0 || pi), pi0 by disable_adapter", "sft_kl", {"kl_coef": 0.1})):
-        updater = make_updater(name, lr=5e-4, batch_size=args.train_batch, minibatches=1, label_sigma=0.0, **extra)
-        optimizer = make_optimizer(trainable, updater.config)
+        updater = make_updater(name, optim={"lr": 5e-4, "minibatches": 1}, batch_size=args.train_batch,
+                               label_sigma=0.0, **extra)
+        optimizer = make_optimizer(trainable, updater.config.optim)
         step = lambda updater=updater, optimizer=optimizer: optimise(policy, updater, batch, optimizer, 0, 1, rng,
                                                                      device)
         seconds, peak = meter.run(step, args.repeats)
@@ -171,7 +172,7 @@ def measure_ppo(policy: OpenVLAPolicy, args: argparse.Namespace, meter: Meter, d
     """One PPO update per batch size: ``updater.prepare`` on the policy's own rollouts, then one optimiser
     step through the training loop's ``optimise`` (one epoch, one minibatch: exactly one AdamW step)."""
     updater = make_updater("ppo", **PPO_OPTIONS)
-    optimizer = make_optimizer(policy.trainable_parameters(), updater.config)
+    optimizer = make_optimizer(policy.trainable_parameters(), updater.config.optim)
     n_trainable = sum(p.numel() for p in policy.trainable_parameters())
     rng = np.random.default_rng(args.seed)
     rows = []
@@ -191,7 +192,7 @@ def measure_ppo(policy: OpenVLAPolicy, args: argparse.Namespace, meter: Meter, d
             torch.cuda.empty_cache()
         rows.append([str(batch_size), *cells, f"{RL4VLA_PEAK_GB:.1f} GB"])
     print_table(f"LoRA PPO update (rank {args.lora_rank} + value head, {n_trainable:,} trainable parameters; "
-                f"lr {PPO_OPTIONS['lr']:g}, 1 epoch, 1 minibatch, no KL)",
+                f"lr {PPO_OPTIONS['optim']['lr']:g}, 1 epoch, 1 minibatch, no KL)",
                 ["batch (rows)", "prepare s (values, old log-probs)", "PPO update s/step",
                  "peak memory (with weights)", "RL4VLA peak, shared actor-critic, 1 A100 (theirs)"], rows)
     print("  (theirs: RL4VLA's reported peak at their own batch and prompt lengths, not measured here; its source "

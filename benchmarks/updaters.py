@@ -80,8 +80,8 @@ def measure(name: str, policy, data, repeats: int, clock) -> tuple[float, float]
     options = {"group_size": 2} if name == "grpo" else {}
     updater = make_updater(name, **options)
     policy.mark_reference()
-    optimizer = make_optimizer(policy.trainable_parameters(), updater.config)
-    steps = updater.config.steps_per_iteration
+    optimizer = make_optimizer(policy.trainable_parameters(), updater.config.optim)
+    steps = updater.config.optim.steps_per_iteration
     times, rows = [], 0
     for r in range(repeats + 1):  # the first run warms up (allocations)
         start = clock()
@@ -89,7 +89,7 @@ def measure(name: str, policy, data, repeats: int, clock) -> tuple[float, float]
         optimise(policy, updater, batch, optimizer, 0, steps, np.random.default_rng(r), torch.device("cpu"))
         if r:
             times.append(clock() - start)
-        rows = len(batch) * updater.config.update_epochs
+        rows = len(batch) * updater.config.optim.update_epochs
     best = min(times)
     return rows / best, steps / best
 
@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     for label, policy in policies(args.quick):
         params = sum(p.numel() for p in policy.parameters())
         for name in list_updaters():
-            data = demos if make_updater(name).source == "demos" else rollouts
+            data = demos if make_updater(name).source.needs_demos else rollouts
             samples, steps = measure(name, policy, data, repeats, clock)
             rows.append([label, f"{params:,}", name, f"{samples:,.0f}", f"{steps:.1f}"])
     print_table(

@@ -43,7 +43,7 @@ def test_wrong_type_names_the_key_the_value_and_the_type(tmp_path, capsys):
     assert "iterations" in err and "'abc'" in err and "int" in err
 
 
-@pytest.mark.parametrize("override", ["updater.lr=inf", "updater.grad_clip=inf", "updater.kl_coef=nan"])
+@pytest.mark.parametrize("override", ["updater.optim.lr=inf", "updater.optim.grad_clip=inf", "updater.kl_coef=nan"])
 def test_non_finite_numbers_are_refused_naming_the_key(tmp_path, capsys, override):
     err = refused_train(tmp_path, capsys, override)
     assert override.partition("=")[0] in err and "finite" in err
@@ -74,7 +74,7 @@ def test_a_gpu_preset_still_composes_on_a_cpu_machine():
     from vla_cl.cli.compose import compose
     from vla_cl.cli.registry import COMMANDS
 
-    config = compose("train", COMMANDS["train"].load_config_class(), [*TINY_TRAIN, "device=cuda:1"])
+    config = compose("train", COMMANDS["train"].load_schema(), [*TINY_TRAIN, "device=cuda:1"])
     assert config.device == "cuda:1"
 
 

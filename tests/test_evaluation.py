@@ -14,7 +14,7 @@ from vla_cl.envs.experts import EXPERTS
 from vla_cl.evaluation import SuiteConfig, evaluate, load_suite, read_result
 from vla_cl.evaluation.retention import retention
 from vla_cl.evaluation.runner import EvaluationConflict
-from vla_cl.evaluation.stats import wilson_interval
+from vla_cl.stats import wilson_interval
 
 pytestmark = pytest.mark.sim
 PUSH, PULL = "maniskill/PushCube-v1", "maniskill/PullCube-v1"
@@ -246,7 +246,7 @@ def test_a_short_continual_run_gives_the_task_by_stage_matrix_and_every_metric(t
                                       "pull the blue cube back onto the target"]).save_pretrained(tmp_path / "pi0")
     out = tmp_path / "continual"
     args = ["continual", f"init={init}", f"tasks=[{PUSH},{PULL}]", "updater=reinforce", "iterations=1",
-            "train=[updater.episodes=2,num_envs=1,max_episode_steps=6,eval_episodes=2,eval_every=1,probe_episodes=1]",
+            "train={updater: {episodes: 2}, num_envs: 1, max_episode_steps: 6, eval_episodes: 2, eval_every: 1, probe_episodes: 1}",
             "eval_episodes=2", "reference=true", f"out_dir={out}", "progress=false"]
     assert main(args) == 0
     summary = json.loads((out / "summary.json").read_text())

@@ -35,8 +35,8 @@ MID_CHECKPOINT = 6  # seeds that wait for a checkpoint being written and kill in
 
 def args(out: Path) -> list[str]:
     return ["train", "updater=ppo", "task=toy/Reach-v0", "policy_preset=tiny", "num_envs=2", "eval_episodes=2",
-            "probe_episodes=1", "progress=false", "tensorboard=false", "iterations=10", "checkpoint_every=1",
-            "eval_every=3", "updater.episodes=4", "updater.minibatches=2", f"out_dir={out}"]
+            "probe_episodes=1", "progress=false", "tensorboard=false", "iterations=10", "checkpoint_every=1", "refresh_every=1",
+            "eval_every=3", "updater.episodes=4", "updater.optim.minibatches=2", f"out_dir={out}"]
 
 
 def start(out: Path) -> subprocess.Popen:

@@ -32,7 +32,7 @@ def bridge_policy(seed: int = 0) -> OpenVLAPolicy:
 
 def test_a_bridge_orig_checkpoint_acts_in_simplerenvs_convention(tmp_path):
     """From the checkpoint's statistics alone: Euler deltas become axis-angle, the gripper +-1."""
-    from vla_cl.envs.postprocess import bridge_action
+    from vla_cl.actions import bridge_action
 
     policy = OpenVLAPolicy.from_pretrained(bridge_policy().save_pretrained(tmp_path / "ckpt"))
     obs = ObsBatch(["put carrot on plate"] * 4, image=torch.randint(0, 256, (4, 40, 40, 3), dtype=torch.uint8))
@@ -135,13 +135,13 @@ def test_the_openvla_bridge_presets_compose(preset, monkeypatch):
     """Each preset is a valid train config (with the 7B checkpoint swapped for a tiny random OpenVLA, since
     the hub is out of reach here), with RL4VLA's settings where they apply."""
     from vla_cl.cli.compose import compose
-    from vla_cl.updaters.command import TrainConfig
+    from vla_cl.updaters.command import train_schema
 
-    config = compose("train", TrainConfig, [f"preset={preset}", "init=null", "policy_preset=tiny"])
+    config = compose("train", train_schema(), [f"preset={preset}", "init=null", "policy_preset=tiny"])
     assert config.policy == "openvla" and config.task.startswith("simpler/") and config.lora_rank == 32
-    updater = config.updater_config()
-    assert config.updater.name == "ppo" and updater.lr == pytest.approx(1e-4) and updater.update_epochs == 1
+    updater = config.updater
+    assert updater.name == "ppo" and updater.optim.lr == pytest.approx(1e-4) and updater.optim.update_epochs == 1
     assert updater.kl_coef == 0.0 and config.device.startswith("cuda")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(Exception, match="cannot fetch 'openvla/openvla-7b'"):
-        compose("train", TrainConfig, [f"preset={preset}"])
+        compose("train", train_schema(), [f"preset={preset}"])

@@ -114,7 +114,7 @@ def snapshot(out) -> dict[str, int]:
 
 @pytest.mark.sim
 def test_render_twice_records_only_what_is_missing(rendered, monkeypatch, capsys):
-    from vla_cl.envs import video
+    from vla_cl.evaluation import render
 
     out = rendered
     files = snapshot(out)
@@ -127,7 +127,7 @@ def test_render_twice_records_only_what_is_missing(rendered, monkeypatch, capsys
         raise AssertionError("an episode that is already recorded was recorded again")
 
     with monkeypatch.context() as patch:
-        patch.setattr(video, "record_shots", no_recording)
+        patch.setattr(render, "record_shots", no_recording)
         assert cli([*RENDER, f"out_dir={out}"]) == 0
     assert "reused 2 of 2" in capsys.readouterr().out
     assert snapshot(out) == files and (out / "metrics.jsonl").read_bytes() == metrics

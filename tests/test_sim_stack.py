@@ -19,7 +19,7 @@ def test_pickcube_steps_and_renders_a_64px_frame(needs_sim):
         assert obs.shape[-1] > 0
         env.action_space.seed(0)
         for _ in range(5):
-            obs, reward, terminated, truncated, info = env.step(env.action_space.sample())
+            obs, _reward, _terminated, _truncated, info = env.step(env.action_space.sample())
         assert "success" in info
         frame = render_frame(env)
     finally:

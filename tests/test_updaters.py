@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -27,11 +26,10 @@ from vla_cl.cli import main as cli
 from vla_cl.envs import make
 from vla_cl.envs.vector import make_vector
 from vla_cl.policies import ObsBatch, get_policy_class, list_policies, load_policy
+from vla_cl.updaters.base import OptimizerConfig
 from vla_cl.updaters.checkpoint import (
     optimizer_state,
     restore_optimizer,
-    restore_rng,
-    rng_state,
     truncate_metrics,
 )
 from vla_cl.updaters.data import DemoStream, Rollouts, collect_rollouts
@@ -98,28 +96,79 @@ def test_the_registry_lists_every_method():
 @pytest.mark.parametrize("name", UPDATERS)
 def test_every_config_validates_its_shared_fields(name):
     cls = get_updater_class(name)
-    assert cls.name == name and cls.config_class().lr > 0
+    assert cls.name == name and cls.config_class().optim.lr > 0 and cls.config_class().name == name
     for field, value in [("lr", -1.0), ("lr", 0.0), ("grad_clip", -1.0), ("minibatches", 0), ("update_epochs", 0),
-                         ("schedule", "step"), ("warmup_steps", -1), ("kl_coef", -0.1)]:
-        with pytest.raises(ValueError, match=f"invalid value for {field}"):
-            make_updater(name, **{field: value})
+                         ("schedule", "step"), ("warmup_steps", -1)]:
+        with pytest.raises(ValueError, match=f"invalid value for updater.optim.{field}"):
+            make_updater(name, optim={field: value})
+    with pytest.raises(ValueError, match="invalid value for updater.kl_coef"):
+        make_updater(name, kl_coef=-0.1)
     with pytest.raises(ValueError, match="grad_accum"):
-        make_updater(name, minibatches=4, update_epochs=1, grad_accum=3)
+        make_updater(name, optim={"minibatches": 4, "update_epochs": 1, "grad_accum": 3})
+    with pytest.raises(ValueError, match="invalid value for updater.optim.momentum"):
+        make_updater(name, optim={"momentum": 0.9})  # the optimiser's fields, named where they are nested
+
+
+def test_every_updater_config_is_flat_with_its_own_defaults():
+    """No updater config inherits from another: each holds the shared optimiser config, with the defaults
+    written where the updater is defined (PPO's 3e-4 and 4 x 4 minibatch passes, SFT's 4 minibatches)."""
+    for name in UPDATERS:
+        config_class = get_updater_class(name).config_class
+        assert config_class.__bases__ == (object,), name
+        assert isinstance(config_class().optim, OptimizerConfig)
+    ppo, sft, rft = (get_updater_class(n).config_class().optim for n in ("ppo", "sft", "rft"))
+    assert (ppo.lr, ppo.minibatches, ppo.update_epochs) == (3e-4, 4, 4)
+    assert (sft.lr, sft.minibatches, rft.minibatches) == (1e-4, 4, 1)
+    changed = make_updater("ppo", optim={"lr": 1e-3}).config.optim
+    assert changed.lr == 1e-3 and changed.minibatches == 4  # the rest keeps ppo's defaults
+
+
+def test_an_updater_registered_later_reaches_the_command_line(tmp_path, capsys):
+    """The command line's updater options are built from the registry when used, not when imported."""
+    import dataclasses as dc
+
+    from vla_cl.updaters.base import OptimizerConfig
+    from vla_cl.updaters.registry import UPDATERS as TABLE
+    from vla_cl.updaters.registry import options_dataclass, register_updater
+    from vla_cl.updaters.supervised import RFT
+
+    @dc.dataclass
+    class LateConfig:
+        name: str = "late_rft"
+        optim: OptimizerConfig = dc.field(default_factory=OptimizerConfig)
+        episodes: int = 8
+        kl_coef: float = 0.0
+        smoothing: float = 0.25
+
+    class LateRFT(RFT):
+        name, config_class = "late_rft", LateConfig
+
+    register_updater("late_rft", LateRFT)
+    try:
+        assert "smoothing" in {f.name for f in dc.fields(options_dataclass())}
+        out = tmp_path / "late"
+        assert cli(["train", "updater.name=late_rft", "updater.smoothing=0.5", "updater.episodes=2", *BASE,
+                    "iterations=1", f"out_dir={out}"]) == 0
+        assert "smoothing: 0.5" in (out / "config.yaml").read_text()
+    finally:
+        TABLE.unregister("late_rft")  # leave the table as the other tests expect it
+        options_dataclass.cache_clear()
 
 
 @pytest.mark.parametrize("name, field, value", [
     ("ppo", "clip_eps", 0.0), ("ppo", "clip_eps", 1.5), ("ppo", "gae_lambda", 1.5), ("ppo", "gamma", -0.1),
     ("ppo", "value_clip", 0.0), ("ppo", "vf_coef", -1.0), ("ppo", "episodes", 0), ("grpo", "group_size", 1),
-    ("reinforce", "clip_eps", -0.2), ("sft_kl", "kl_coef", 0.0), ("oracle_sft", "window", -1),
+    ("reinforce", "token_clip_eps", -0.2), ("grpo", "token_clip_eps", 1.0), ("sft_kl", "kl_coef", 0.0),
+    ("oracle_sft", "window", -1),
     ("distill", "targets", "logits"), ("sft", "batch_size", 2),
 ])
 def test_method_specific_fields_are_validated(name, field, value):
-    with pytest.raises(ValueError, match=f"invalid value for {field}"):
+    with pytest.raises(ValueError, match=f"invalid value for updater.{field}"):
         make_updater(name, **{field: value})
 
 
 def test_grpo_episodes_must_fill_whole_groups():
-    with pytest.raises(ValueError, match="invalid value for episodes.*multiple of group_size"):
+    with pytest.raises(ValueError, match="invalid value for updater.episodes.*multiple of group_size"):
         make_updater("grpo", episodes=6, group_size=4)
 
 
@@ -131,7 +180,7 @@ def cli_error(capsys, tmp_path, *args) -> str:
 
 
 def test_bad_command_line_input_fails_before_any_work_naming_the_field(capsys, tmp_path, demos_dir):
-    assert "updater.lr" in cli_error(capsys, tmp_path, "updater=ppo", "updater.lr=-1")
+    assert "updater.optim.lr" in cli_error(capsys, tmp_path, "updater=ppo", "updater.optim.lr=-1")
     assert "updater.clip_eps" in cli_error(capsys, tmp_path, "updater=ppo", "updater.clip_eps=0")
     err = cli_error(capsys, tmp_path, "updater=sft", f"demos={demos_dir}", "updater.clip_eps=0.1")
     assert "no option 'clip_eps'" in err
@@ -193,7 +242,7 @@ def test_every_updater_trains_every_registered_policy(name, policy, tmp_path, de
     lines = metrics(out)
     assert [line["iteration"] for line in lines] == [0, 1, 2]
     assert "eval/success_rate" in lines[0] and "kl/mean" in lines[0] and lines[0]["kl/mean"] == 0.0
-    assert lines[-1]["step"] == 2 * make_updater(name).config.steps_per_iteration
+    assert lines[-1]["step"] == 2 * make_updater(name).config.optim.steps_per_iteration
     if lines[-1]["batch_rows"]:  # rft and distill-only-success can draw an empty batch
         assert math.isfinite(lines[-1]["train/loss"]) and lines[-1]["kl/mean"] >= 0.0
     trained = load_policy(out / "artifacts" / "policy")
@@ -228,17 +277,17 @@ def action_log_prob(policy, obs, tokens) -> float:
 
 def train_on(policy, updater, data, steps=5) -> None:
     policy.mark_reference()
-    optimizer = make_optimizer(policy.trainable_parameters(), updater.config)
+    optimizer = make_optimizer(policy.trainable_parameters(), updater.config.optim)
     rng = np.random.default_rng(0)
-    total = steps * updater.config.steps_per_iteration
+    total = steps * updater.config.optim.steps_per_iteration
     for i in range(steps):
-        optimise(policy, updater, updater.prepare(policy, data), optimizer, i * updater.config.steps_per_iteration,
+        optimise(policy, updater, updater.prepare(policy, data), optimizer, i * updater.config.optim.steps_per_iteration,
                  total, rng, torch.device("cpu"))
 
 
 @pytest.mark.parametrize("name, options", [
-    ("ppo", {"minibatches": 1, "update_epochs": 2}), ("reinforce", {}), ("grpo", {"group_size": 2, "episodes": 2}),
-    ("rft", {}),
+    ("ppo", {"optim": {"minibatches": 1, "update_epochs": 2}}), ("reinforce", {}),
+    ("grpo", {"group_size": 2, "episodes": 2}), ("rft", {}),
 ])
 @pytest.mark.parametrize("policy_name", POLICIES)
 def test_rl_raises_the_probability_of_the_advantaged_action(name, options, policy_name):
@@ -246,7 +295,7 @@ def test_rl_raises_the_probability_of_the_advantaged_action(name, options, polic
     rollouts, good, bad = two_outcomes(policy)
     obs = rollouts.obs.select([0])
     before = action_log_prob(policy, obs, good), action_log_prob(policy, obs, bad)
-    train_on(policy, make_updater(name, lr=3e-3, **options), rollouts)
+    train_on(policy, make_updater(name, **{**options, "optim": {"lr": 3e-3, **options.get("optim", {})}}), rollouts)
     after = action_log_prob(policy, obs, good), action_log_prob(policy, obs, bad)
     assert after[0] > before[0] + 0.5
     if name != "rft":  # rft ignores failures instead of pushing them down
@@ -261,8 +310,8 @@ def test_ppo_bootstraps_the_truncated_episode_and_not_the_terminated_one():
     with torch.no_grad():
         v = policy.value(rollouts.obs)
     # episode 0 terminated: R = 1; episode 1 truncated: R = 0 + 0.5 V(final obs) (here the same state)
-    assert batch.fields["returns"].tolist() == pytest.approx([1.0, 0.5 * float(v[1])], abs=1e-6)
-    assert batch.fields["advantages"].tolist() == pytest.approx([1.0 - float(v[0]), -0.5 * float(v[1])], abs=1e-6)
+    assert batch.returns.tolist() == pytest.approx([1.0, 0.5 * float(v[1])], abs=1e-6)
+    assert batch.advantages.tolist() == pytest.approx([1.0 - float(v[0]), -0.5 * float(v[1])], abs=1e-6)
 
 
 def demo_log_likelihood(policy, stream: DemoStream) -> float:
@@ -277,9 +326,9 @@ def test_sft_raises_the_likelihood_of_the_demonstrations(policy_name, demos_dir)
     policy = toy_policy(policy_name, value_head=False)
     stream = DemoStream(load_demos(demos_dir), policy, batch_size=16, seed=0)
     before = demo_log_likelihood(policy, stream)
-    updater = make_updater("sft", lr=3e-3, batch_size=16, minibatches=2)
+    updater = make_updater("sft", optim={"lr": 3e-3, "minibatches": 2}, batch_size=16)
     policy.mark_reference()
-    optimizer = make_optimizer(policy.trainable_parameters(), updater.config)
+    optimizer = make_optimizer(policy.trainable_parameters(), updater.config.optim)
     for i in range(6):
         optimise(policy, updater, stream.batch(i), optimizer, 2 * i, 12, np.random.default_rng(i), torch.device("cpu"))
     assert demo_log_likelihood(policy, stream) > before + 1.0
@@ -304,8 +353,8 @@ def test_the_kl_term_pulls_back_towards_pi0():
         for p in policy.actor.parameters():
             p.add_(0.3 * torch.randn_like(p))
     start = probe_kl(policy, rollouts.obs, rollouts.tokens)
-    updater = make_updater("reinforce", lr=1e-2, kl_coef=1.0)
-    optimizer = make_optimizer(policy.trainable_parameters(), updater.config)
+    updater = make_updater("reinforce", optim={"lr": 1e-2}, kl_coef=1.0)
+    optimizer = make_optimizer(policy.trainable_parameters(), updater.config.optim)
     for i in range(5):
         optimise(policy, updater, updater.prepare(policy, rollouts), optimizer, i, 5, np.random.default_rng(i),
                  torch.device("cpu"))
@@ -319,10 +368,10 @@ def test_sft_kl_stays_closer_to_pi0_than_sft(demos_dir):
     for name in ("sft", "sft_kl"):
         policy = toy_policy(value_head=False)
         stream = DemoStream(load_demos(demos_dir), policy, batch_size=16, seed=0)
-        updater = make_updater(name, lr=1e-2, batch_size=16, minibatches=1,
+        updater = make_updater(name, optim={"lr": 1e-2, "minibatches": 1}, batch_size=16,
                                **({"kl_coef": 1.0} if name == "sft_kl" else {}))
         policy.mark_reference()
-        optimizer = make_optimizer(policy.trainable_parameters(), updater.config)
+        optimizer = make_optimizer(policy.trainable_parameters(), updater.config.optim)
         for i in range(20):
             optimise(policy, updater, stream.batch(i), optimizer, i, 20, np.random.default_rng(i), torch.device("cpu"))
         kls[name] = probe_kl(policy, stream.obs, stream.tokens)
@@ -348,10 +397,10 @@ def test_oracle_sft_keeps_pi0s_odds_inside_the_window(demos_dir):
     for name in ("oracle_sft", "sft"):
         policy = toy_policy(value_head=False)
         stream = DemoStream(load_demos(demos_dir), policy, batch_size=32, seed=0)
-        updater = make_updater(name, lr=1e-2, batch_size=32, minibatches=1,
+        updater = make_updater(name, optim={"lr": 1e-2, "minibatches": 1}, batch_size=32,
                                **({"window": 3} if name == "oracle_sft" else {}))
         policy.mark_reference()
-        optimizer = make_optimizer(policy.trainable_parameters(), updater.config)
+        optimizer = make_optimizer(policy.trainable_parameters(), updater.config.optim)
         batch = stream.batch(0)
         for i in range(60):
             optimise(policy, updater, updater.prepare(policy, batch), optimizer, i, 60, np.random.default_rng(i),
@@ -383,7 +432,7 @@ def test_distill_moves_towards_the_teacher():
         return float((p * (p.log() - log_q)).sum(-1).sum(-1).mean())
 
     before = kl_to_teacher()
-    train_on(student, make_updater("distill", lr=3e-3), rollouts, steps=10)
+    train_on(student, make_updater("distill", optim={"lr": 3e-3}), rollouts, steps=10)
     assert kl_to_teacher() < 0.7 * before
 
 
@@ -467,23 +516,17 @@ def test_lr_schedules_by_hand():
         lr_factor("step", 0, 4)
 
 
-def test_optimizer_and_rng_states_round_trip_exactly():
+def test_optimizer_state_round_trips_exactly():
     policy = toy_policy()
     updater = make_updater("ppo")
-    optimizer = make_optimizer(policy.trainable_parameters(), updater.config)
+    optimizer = make_optimizer(policy.trainable_parameters(), updater.config.optim)
     policy.log_probs(two_outcomes(policy)[0].obs, torch.zeros(2, 7, dtype=torch.long)).sum().backward()
     optimizer.step()
     tensors, scalars = optimizer_state(optimizer)
-    fresh = make_optimizer(policy.trainable_parameters(), updater.config)
+    fresh = make_optimizer(policy.trainable_parameters(), updater.config.optim)
     restore_optimizer(fresh, tensors, json.loads(json.dumps(scalars)))
     again, _ = optimizer_state(fresh)
     assert tensors.keys() == again.keys() and all(torch.equal(tensors[k], again[k]) for k in tensors)
-
-    rng_tensors, rng_scalars = rng_state()
-    draws = torch.rand(3), np.random.rand(3), random.random()
-    restore_rng(rng_tensors, json.loads(json.dumps(rng_scalars)))
-    assert torch.equal(torch.rand(3), draws[0]) and np.array_equal(np.random.rand(3), draws[1])
-    assert random.random() == draws[2]
 
 
 def test_truncate_metrics_keeps_lines_up_to_the_checkpoint(tmp_path):
@@ -500,7 +543,7 @@ class Crash(Exception):
     pass
 
 
-RESUME = ["iterations=4", "eval_every=2", "checkpoint_every=1", "updater.minibatches=2"]
+RESUME = ["iterations=4", "eval_every=2", "checkpoint_every=1", "refresh_every=1", "updater.optim.minibatches=2"]
 
 
 def resume_args(name, out, demos_dir):
@@ -599,6 +642,32 @@ def test_a_crashed_run_resumes_to_the_same_metrics_and_weights(name, tmp_path, d
                                                                                      "latest"]
 
 
+def test_how_often_a_run_checkpoints_does_not_change_its_results(tmp_path):
+    """On a task whose env remembers earlier episodes (as ManiSkill's physics does), the scenes are rebuilt on
+    the refresh_every schedule, not after each checkpoint: the same seed checkpointed every iteration, every
+    second one or only at the end gives the same metrics and weights, while another refresh schedule changes
+    them (the memory matters, so the first comparison could fail)."""
+    from tests.updater_toy import MEMORY_TASK
+
+    def run(name, *extra):
+        out = tmp_path / name
+        assert cli(["train", "updater=ppo", f"task={MEMORY_TASK}", *BASE[1:], "iterations=4", "eval_every=2",
+                    "updater.episodes=4", "updater.optim.minibatches=2", f"out_dir={out}", *extra]) == 0
+        return metrics(out), final_weights(out)
+
+    every, weights = run("every", "refresh_every=2", "checkpoint_every=2")
+    for name, checkpoints in (("end", "0"), ("fourth", "4")):
+        other, other_weights = run(name, "refresh_every=2", f"checkpoint_every={checkpoints}")
+        assert other == every and same_weights(other_weights, weights)
+    never = run("never", "refresh_every=0", "checkpoint_every=2")[0]
+    assert never != every  # the env's memory changes the episodes when it is not cleared
+
+
+def test_a_checkpoint_off_the_refresh_schedule_is_refused(capsys, tmp_path):
+    err = cli_error(capsys, tmp_path, "updater=ppo", "refresh_every=2", "checkpoint_every=3")
+    assert "invalid value for checkpoint_every" in err and "multiple of refresh_every=2" in err
+
+
 KILLABLE = """
 import sys, time
 sys.path.insert(0, {repo!r})
@@ -656,12 +725,12 @@ def test_training_and_exact_resume_through_the_simulator(tmp_path, needs_sim, mo
     demos = save_demos(collect_demos("maniskill/PickCube-v1", 2, seed=0), tmp_path / "demos")
     common = ["task=maniskill/PickCube-v1", "policy_preset=tiny", "num_envs=2", "max_episode_steps=30",
               "eval_episodes=2", "probe_episodes=1", "progress=false", "tensorboard=false"]
-    assert cli(["train", "updater=sft", f"demos={demos}", "updater.batch_size=32", "updater.lr=1e-2", *common,
+    assert cli(["train", "updater=sft", f"demos={demos}", "updater.batch_size=32", "updater.optim.lr=1e-2", *common,
                 "iterations=60", "eval_every=0", "probe_every=0", f"out_dir={tmp_path / 'sft'}"]) == 0
     sft = metrics(tmp_path / "sft")
     assert sft[-1]["kl/mean"] > 0 and sft[-1]["train/loss"] < 0.5 * sft[1]["train/loss"]
 
-    rl = ["train", "updater=ppo", "updater.episodes=2", "updater.minibatches=2", "iterations=3", "checkpoint_every=1",
+    rl = ["train", "updater=ppo", "updater.episodes=2", "updater.optim.minibatches=2", "iterations=3", "checkpoint_every=1", "refresh_every=1",
           *common,
           f"init={tmp_path / 'sft' / 'artifacts' / 'policy'}"]
     assert cli([*rl, f"out_dir={tmp_path / 'whole'}"]) == 0
@@ -710,7 +779,7 @@ def test_soft_label_sft_and_training_on_demonstrations_without_an_env(demos_dir,
     assert merged.meta["instructions"][one.num_episodes] == "do the other thing"
     policy = toy_policy(value_head=False)
     before = demo_log_likelihood(policy, DemoStream(merged, policy, batch_size=16, seed=0))
-    updater = make_updater("sft", lr=3e-3, batch_size=16, minibatches=1, label_sigma=1.5)
+    updater = make_updater("sft", optim={"lr": 3e-3, "minibatches": 1}, batch_size=16, label_sigma=1.5)
     run_dir = RunDir.open(tmp_path / "run", "train", {"x": 1})
     with pytest.raises(ValueError, match="collects episodes"):
         train(policy, make_updater("reinforce"), None, LoopConfig(iterations=1), run_dir, seed=0)
@@ -739,7 +808,7 @@ def test_an_unreadable_newest_checkpoint_falls_back_to_the_previous_one(tmp_path
         out = tmp_path / damage
         calls = []
 
-        def crash_in_iteration_4(*a, **k):
+        def crash_in_iteration_4(*a, calls=calls, **k):
             calls.append(1)
             if len(calls) == 4:
                 raise Crash
@@ -780,7 +849,7 @@ def test_a_diverging_run_stops_naming_the_iteration_and_keeps_its_last_good_chec
     monkeypatch.setattr(rl.PPO, "objective", poisoned)
     assert cli(resume_args("ppo", out, demos_dir)) == 2
     err = capsys.readouterr().err
-    assert "diverged in iteration 3" in err and "updater.lr" in err and "Traceback" not in err
+    assert "diverged in iteration 3" in err and "updater.optim.lr" in err and "Traceback" not in err
     assert (out / "artifacts" / "checkpoints" / "latest").read_text() == "iter-000002"
     assert [line["iteration"] for line in metrics(out)] == [0, 1, 2]
     from safetensors.torch import load_file

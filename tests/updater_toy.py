@@ -7,6 +7,10 @@ the episode (terminated), the time limit truncates it. Observations: the instruc
 ``register_toy()`` adds it to the task registry (so ``vla_cl.envs.make``, ``make_vector`` and
 ``vla-cl train task=toy/Reach-v0`` work in this process); ``toy_demos`` writes expert demonstrations in
 the ``vla_cl.envs.demos`` format.
+
+``toy/ReachMemory-v0`` is the same task with a simulator's memory, as ManiSkill's physics keeps some across
+resets: each ordinary reset since the scene was last built (``reset(options={"reconfigure": True})``, or
+creation) shifts the target by 1 cm, so an env's episodes depend on its history unless it is rebuilt.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import numpy as np
 from vla_cl.envs.registry import TaskSpec, register
 
 TASK = "toy/Reach-v0"
+MEMORY_TASK = "toy/ReachMemory-v0"
 INSTRUCTION = "reach the green target"
 BOUND = np.array([0.1] * 6 + [1.0], dtype=np.float32)
 TOLERANCE = 0.05
@@ -43,6 +48,8 @@ class ToyReachEnv(gym.Env):
         self.pos = np.zeros(3)
         self.target = np.zeros(3)
         self.steps = 0
+        self.memory = spec.task_id == MEMORY_TASK
+        self.resets_since_build = 0
 
     def _pixel(self, point: np.ndarray) -> tuple[int, int]:
         side = self.options.image_size
@@ -65,6 +72,9 @@ class ToyReachEnv(gym.Env):
         super().reset(seed=seed)
         rng = np.random.default_rng(seed)
         self.target = rng.uniform(-0.15, 0.15, 3)
+        if self.memory:
+            self.resets_since_build = 0 if (options or {}).get("reconfigure") else self.resets_since_build + 1
+            self.target[0] += 0.01 * self.resets_since_build
         self.pos = np.zeros(3)
         self.steps = 0
         return self._obs(), {"success": False, "clipped_actions": 0, "elapsed_steps": 0}
@@ -91,8 +101,9 @@ def make_toy(spec: TaskSpec, options) -> ToyReachEnv:
 
 
 def register_toy() -> str:
-    register(TaskSpec(task_id=TASK, factory="tests.updater_toy:make_toy", backend_id="ToyReach",
-                      instruction=INSTRUCTION, max_episode_steps=4, description="reach a point (tests)"))
+    for task_id, what in ((TASK, "reach a point (tests)"), (MEMORY_TASK, "reach a point, with memory (tests)")):
+        register(TaskSpec(task_id=task_id, factory="tests.updater_toy:make_toy", backend_id="ToyReach",
+                          instruction=INSTRUCTION, max_episode_steps=4, description=what))
     return TASK
 
 

@@ -21,4 +21,4 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'vla_cl' has no attribute {name!r}")
 
 
-__all__ = ["__version__", *_LAZY]
+__all__ = ["__version__", *_LAZY]  # noqa: PLE0604 (the lazy names are strings)

@@ -25,7 +25,6 @@ one ``write`` call, so a kill never leaves half a line.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
@@ -38,7 +37,7 @@ from typing import Any
 
 import yaml
 
-from vla_cl.config import execution_only_keys
+from vla_cl.config import execution_only_keys, plain
 from vla_cl.errors import RunLocked
 from vla_cl.files import remove_stale_temporaries, write_json_atomic, write_text_atomic
 
@@ -49,26 +48,11 @@ class RunDirConflict(ValueError):
     """``out_dir`` already holds a run made with a different config, or cannot hold one."""
 
 
-def _plain(value: Any) -> Any:
-    """Convert dataclasses, paths and numpy/torch scalars into JSON/YAML-friendly values."""
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, Path):
-        return str(value)
-    if hasattr(value, "item") and callable(value.item) and getattr(value, "ndim", 0) == 0:
-        return value.item()
-    return value
-
-
 def _json_default(value: Any) -> Any:
-    plain = _plain(value)
-    if plain is value:
+    converted = plain(value)
+    if converted is value:
         raise TypeError(f"metrics value of type {type(value).__name__} is not JSON serialisable")
-    return plain
+    return converted
 
 
 def _finite_or_none(value: Any) -> Any:
@@ -154,7 +138,7 @@ class RunDir:
         config.yaml) or RunLocked (another live process runs there)."""
         run = cls(Path(path) if path else default_out_dir(command), command)
         _writable(run.path)
-        resolved = _plain(config)
+        resolved = plain(config)
         config_file = run.path / "config.yaml"
         if config_file.exists():
             try:
@@ -252,7 +236,7 @@ class RunDir:
                 lock.unlink(missing_ok=True)
             self._locked = False
 
-    def __enter__(self) -> RunDir:
+    def __enter__(self) -> RunDir:  # noqa: PYI034 (RunDir is final; typing.Self needs Python 3.11)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -272,7 +256,7 @@ class RunDir:
     def log(self, **metrics: Any) -> dict[str, Any]:
         """Append one line of metrics (with a wall-clock timestamp) to ``metrics.jsonl``, in one write."""
         self.begin()
-        record = {"time": round(time.time(), 3), **{k: _finite_or_none(_plain(v)) for k, v in metrics.items()}}
+        record = {"time": round(time.time(), 3), **{k: _finite_or_none(plain(v)) for k, v in metrics.items()}}
         line = (json.dumps(record, default=_json_default) + "\n").encode()
         fd = os.open(self.metrics_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
@@ -304,4 +288,4 @@ class RunDir:
     def write_json(self, name: str, payload: Any) -> Path:
         """Write a JSON file at the top of the run directory (e.g. ``summary.json``), atomically."""
         self.begin()
-        return write_json_atomic(self.path / name, _plain(payload), default=_json_default)
+        return write_json_atomic(self.path / name, plain(payload), default=_json_default)

@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import sys
 import traceback
-from typing import Sequence
+import warnings
+from collections.abc import Callable, Sequence
 
 from vla_cl import __version__
 from vla_cl.cli.registry import COMMANDS
@@ -54,7 +55,7 @@ def _command_help(name: str) -> str:
     from vla_cl.cli.compose import config_groups, describe
 
     cmd = COMMANDS[name]
-    rows = describe(cmd.load_config_class())
+    rows = describe(cmd.load_schema())
     width = max(len(key) for key, _, _ in rows)
     lines = [f"usage: vla-cl {name} [key=value ...]", "", cmd.help, "", "config keys (default):"]
     lines += [f"  {key.ljust(width)}  {doc} (default: {default})" for key, default, doc in rows]
@@ -89,11 +90,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     cmd = COMMANDS[name]
     run_dir = None
+    restore_warnings = _show_each_warning_once()
     try:
         from vla_cl.cli.compose import compose
         from vla_cl.runs import RunDir
 
-        config = compose(name, cmd.load_config_class(), overrides)
+        config = compose(name, cmd.load_schema(), overrides)
         run_dir = RunDir.open(config.out_dir, name, config, argv=["vla-cl", *args])
         print(f"[vla-cl] {name}: run directory {run_dir.path}", flush=True)
         status = cmd.load_run()(config, run_dir)
@@ -113,9 +115,34 @@ def main(argv: Sequence[str] | None = None) -> int:
               file=sys.stderr)
         return CRASH_EXIT
     finally:
+        restore_warnings()
         if run_dir is not None:
             run_dir.close()
     return int(status or 0)
+
+
+def _show_each_warning_once() -> Callable[[], None]:
+    """Show each distinct warning (category and text) once while a command runs; returns the undo.
+
+    Python's own once-per-place memory is wiped whenever any library enters ``warnings.catch_warnings``
+    (torch and transformers do, often), so a warning raised per scene built (a Bridge stand-in, say) would
+    fill the log. Filters still decide what is shown at all: nothing is hidden the first time."""
+    original = warnings.showwarning
+    shown: set[tuple[type, str]] = set()
+
+    def show_once(message, category, filename, lineno, file=None, line=None) -> None:
+        key = (category, str(message))
+        if key not in shown:
+            shown.add(key)
+            original(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show_once
+
+    def restore() -> None:
+        if warnings.showwarning is show_once:
+            warnings.showwarning = original
+
+    return restore
 
 
 def _paragraph(error: BaseException) -> str:

@@ -9,31 +9,17 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import types
 import typing
-from pathlib import Path
 from typing import Any
 
 from omegaconf import OmegaConf
 
-from vla_cl.config import RunConfig
+from vla_cl.config import RunConfig, config_dir
 
 
 class ConfigError(ValueError):
     """A config key or value the command does not accept; the message names it and the valid choices."""
-
-
-def config_dir() -> Path | None:
-    """``configs/`` next to the package (editable installs), or ``$VLA_CL_CONFIG_DIR``."""
-    override = os.environ.get("VLA_CL_CONFIG_DIR")
-    if override:
-        path = Path(override)
-        if not path.is_dir():
-            raise ConfigError(f"VLA_CL_CONFIG_DIR={override} is not a folder; point it at the repo's configs/.")
-        return path.resolve()
-    path = Path(__file__).resolve().parents[2] / "configs"
-    return path if path.is_dir() else None
 
 
 def _field_types(cls: type) -> dict[str, Any]:
@@ -105,6 +91,18 @@ def _group_override(command: str, override: str, groups: dict[str, list[str]]) -
     return f"+{command}/{bare}={value}" if bare in groups else override
 
 
+def _mapping_override(cls: type, override: str) -> str:
+    """``rl_overrides={updater: {optim: {lr: 1e-3}}}`` -> ``++rl_overrides=...``: a field typed as a mapping holds
+    keys the schema does not know, which hydra's struct mode refuses unless the override forces them in."""
+    key = override.partition("=")[0]
+    if key.startswith(("+", "~")):
+        return override
+    fields = _field_types(cls)
+    head = key.split(".")[0]
+    origin = typing.get_origin(fields.get(head)) or fields.get(head)
+    return f"++{override}" if origin is dict else override
+
+
 def _shadowed(override: str) -> bool:
     """A plain key sharing its name with a folder of configs/ (``suite=razor``; configs/suite/ holds the
     evaluation suites), which hydra would read as a choice in that config group: it is applied after
@@ -129,7 +127,7 @@ def compose(command: str, cls: type, overrides: list[str]) -> Any:
     _check_override_keys(command, cls, overrides)
     groups = config_groups(command)
     late = [o for o in overrides if o.partition("=")[0] not in groups and _shadowed(o)]
-    overrides = [_group_override(command, o, groups) for o in overrides if o not in late]
+    overrides = [_mapping_override(cls, _group_override(command, o, groups)) for o in overrides if o not in late]
     schema = f"{command}_schema"
     ConfigStore.instance().store(name=schema, node=cls)
     root = config_dir()
@@ -139,8 +137,9 @@ def compose(command: str, cls: type, overrides: list[str]) -> Any:
         if has_yaml:
             with initialize_config_dir(config_dir=str(root), version_base=None):
                 cfg = hydra_compose(config_name=command, overrides=overrides)
-            if late:
-                cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(late))
+            if late:  # keys were checked above; a mapping-valued field takes keys its schema does not list
+                OmegaConf.set_struct(cfg, False)
+                cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([o.lstrip("+") for o in late]))
         else:
             # No YAML for this command: the dataclass is the whole config.
             cfg = OmegaConf.merge(OmegaConf.structured(cls), OmegaConf.from_dotlist(overrides))

@@ -1,7 +1,8 @@
 """``vla-cl sim-check``: prove the simulation stack works on this machine.
 
 Creates a ManiSkill3 task on PhysX CPU, resets it with a seed, takes random steps and renders frames
-from the render camera; writes the frames and the measured speeds into the run directory.
+from the render camera; writes the frames and the measured speeds into the run directory. Also
+``machine_report``: the versions, threads, accelerator and Vulkan driver that ``vla-cl info`` prints.
 """
 
 from __future__ import annotations
@@ -100,3 +101,37 @@ def run(config: SimCheckConfig, run_dir: RunDir) -> int:
         f"Vulkan: {result['vulkan']}"
     )
     return 0 if ok else 1
+
+
+# ------------------------------------------------------------------------------------------ the machine
+
+PACKAGES = ("torch", "transformers", "peft", "gymnasium", "mani-skill", "sapien", "hydra-core", "lm-eval", "trl")
+
+
+def machine_report() -> dict:
+    """What this machine offers the toolkit: versions, threads, accelerator and the Vulkan driver SAPIEN uses
+    (``vla-cl info`` prints it; the razor keeps it beside its results)."""
+    import importlib.metadata as md
+    import os
+    import platform
+
+    import torch
+
+    from vla_cl.envs.vulkan import configure_vulkan
+
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = md.version(name)
+        except md.PackageNotFoundError:
+            versions[name] = None
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.is_available(),
+        "cuda_devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
+        "vulkan": configure_vulkan(),
+        "versions": versions,
+    }

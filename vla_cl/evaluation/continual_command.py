@@ -1,11 +1,12 @@
 """``vla-cl continual``: fine-tune on tasks one after another and measure what each stage kept.
 
     vla-cl continual init=runs/pi0/artifacts/policy tasks=[maniskill/PushCube-v1,maniskill/PullCube-v1] \
-        updater=ppo iterations=20 train=[updater.lr=3e-4]
+        updater=ppo iterations=20 'train={updater: {optim: {lr: 3e-4}}}'
 
 Stage i fine-tunes the policy left by stage i-1 (stage 0: ``init``) on ``tasks[i]`` with ``vla-cl train``
-(any updater; ``train`` passes further train overrides; updaters that learn from demonstrations get the
-task's expert demonstrations, recorded once into ``artifacts/demos``), in ``stage_<i>/``. The loop's own
+(any updater; ``train`` sets further ``vla-cl train`` fields, a mapping nested like its config; updaters
+that learn from demonstrations get the task's expert demonstrations, recorded once into ``artifacts/demos``),
+in ``stage_<i>/``. The loop's own
 evaluations of the stage's task during its training (every ``eval_every`` iterations) form the
 during-training curve; after the stage, the whole suite is evaluated (``stage_<i>/eval``; by default the
 sequence's tasks on the in-distribution axis). With ``reference=true`` each task is also trained alone,
@@ -33,10 +34,10 @@ from vla_cl.runs import RunDir
 @dataclasses.dataclass
 class ContinualConfig(RunConfig):
     init: str | None = option(None, "pi0: the policy checkpoint folder the first stage starts from (required)")
-    tasks: list = option([], "the tasks to learn, in order (at least 2)")  # noqa: RUF009
+    tasks: list = option([], "the tasks to learn, in order (at least 2)")
     updater: str = option("ppo", "the updater of every stage (vla-cl train updater=...)")
     iterations: int = option(10, "training iterations per stage")
-    train: list = option([], "further `vla-cl train` overrides for every stage, e.g. [updater.lr=3e-4]")  # noqa: RUF009
+    train: dict = option({}, "further `vla-cl train` fields for every stage, e.g. {updater: {optim: {lr: 3e-4}}}")
     demos: int = option(50, "expert demonstrations per task, for updaters that learn from demonstrations")
     suite: str | None = option(None, "suite evaluated after each stage (None: the tasks, in_distribution)")
     eval_episodes: int = option(20, "episodes per task when suite is None")
@@ -64,8 +65,8 @@ class ContinualConfig(RunConfig):
             source = get_updater_class(self.updater).source
         except ValueError as error:
             raise ValueError(f"invalid value for updater: {error}") from None
-        require(source != "teacher", "updater", self.updater, "an updater that needs no teacher policy")
-        if source == "demos":
+        require(not source.needs_teacher, "updater", self.updater, "an updater that needs no teacher policy")
+        if source.needs_demos:
             from vla_cl.envs.experts import has_expert
 
             lacking = [t for t in self.tasks if not has_expert(t)]
@@ -78,14 +79,11 @@ class ContinualConfig(RunConfig):
         suite = self.suite_config()
         missing = [t for t in self.tasks if t not in suite.task_ids]
         require(not missing, "suite", self.suite, f"a suite holding every task of the sequence (lacks {missing})")
-        if source == "demos":  # the demonstrations are recorded by the run: check the override keys only
-            from vla_cl.cli.compose import ConfigError, _check_override_keys
-            from vla_cl.cli.registry import COMMANDS
+        self.train = dict(self.train)
+        if source.needs_demos:  # the demonstrations are recorded by the run: check the keys only
+            from vla_cl.updaters.command import check_train_mapping
 
-            try:
-                _check_override_keys("train", COMMANDS["train"].load_config_class(), list(self.train))
-            except ConfigError as error:
-                raise ValueError(f"invalid value for train: {error}") from None
+            check_train_mapping("train", self.train, free=True)
         else:  # the train command validates every stage's config now, before any work
             for i, task in enumerate(self.tasks):
                 self._stage_config(i, task, self.init, None, Path("/nonexistent"))
@@ -98,23 +96,22 @@ class ContinualConfig(RunConfig):
         return SuiteConfig(name="continual", tasks=list(self.tasks), episodes=self.eval_episodes)
 
     def _stage_config(self, index: int, task: str, init: str | None, demos: Path | None, out_dir: Path):
-        from vla_cl.cli.compose import ConfigError, compose
-        from vla_cl.cli.registry import COMMANDS
+        from vla_cl.updaters.command import build_train_config
 
-        overrides = [f"updater={self.updater}", f"task={task}", f"iterations={self.iterations}",
-                     f"seed={self.seed + index}", f"out_dir={out_dir}", f"progress={self.progress}",
-                     *([f"init={init}"] if init else ["policy_preset=default"]),
-                     *([f"demos={demos}"] if demos is not None else []), *self.train]
+        fields = {"updater": {"name": self.updater}, "task": task, "iterations": self.iterations,
+                  "seed": self.seed + index, "out_dir": str(out_dir), "progress": self.progress,
+                  **({"init": init} if init else {"policy_preset": "default"}),
+                  **({"demos": str(demos)} if demos is not None else {})}
         try:
-            return compose("train", COMMANDS["train"].load_config_class(), overrides)
-        except (ConfigError, ValueError) as error:
+            return build_train_config(fields, self.train)
+        except ValueError as error:
             raise ValueError(f"invalid value for train (stage {index}, {task}): {error}") from None
 
 
-def _source(updater: str) -> str:
+def _learns_from_demos(updater: str) -> bool:
     from vla_cl.updaters.registry import get_updater_class
 
-    return get_updater_class(updater).source
+    return get_updater_class(updater).source.needs_demos
 
 
 # ------------------------------------------------------------------------------------------ running
@@ -122,10 +119,10 @@ def _source(updater: str) -> str:
 
 def _train_stage(config: Any) -> Path:
     """Run (or resume) one `vla-cl train` stage; returns its final policy folder."""
-    from vla_cl.cli.registry import COMMANDS
+    from vla_cl.updaters.command import run as run_train
 
     with RunDir.open(config.out_dir, "train", config) as stage_dir:
-        COMMANDS["train"].load_run()(config, stage_dir)
+        run_train(config, stage_dir)
     return stage_dir.path / "artifacts" / "policy"
 
 
@@ -177,15 +174,15 @@ def matrix_markdown(matrix: np.ndarray, tasks: list[str], metrics: dict[str, Any
 
 
 def run(config: ContinualConfig, run_dir: RunDir) -> int:
+    from vla_cl.envs.expert_demos import expert_demos, task_slug
     from vla_cl.evaluation.continual import continual_metrics
     from vla_cl.evaluation.runner import Evaluator
     from vla_cl.files import write_text_atomic
-    from vla_cl.updaters.pretrain import expert_demos, task_slug
 
     suite = config.suite_config()
     run_dir.begin()  # the stages write into sub-folders: the run has started
     demos: dict[str, Path] = {}
-    if _source(config.updater) == "demos":
+    if _learns_from_demos(config.updater):
         root = run_dir.artifacts / "demos"
         expert_demos(config.tasks, config.demos, config.seed, root, workers=config.workers, log=run_dir.log)
         demos = {t: root / task_slug(t) for t in config.tasks}

@@ -58,7 +58,7 @@ class SuiteTask:
     """One task of a suite and the environment options it runs with (besides the axes' own)."""
 
     task: str = option("maniskill/PickCube-v1", "task id (vla_cl.envs.list_tasks())")
-    options: dict = option({}, "vla_cl.envs.EnvOptions for this task, e.g. {max_episode_steps: 40}")  # noqa: RUF009
+    options: dict = option({}, "vla_cl.envs.EnvOptions for this task, e.g. {max_episode_steps: 40}")
 
 
 @dataclasses.dataclass
@@ -66,13 +66,13 @@ class SuiteConfig:
     """A suite: tasks x axes x seeded episodes, and how the policy acts during them."""
 
     name: str = option("custom", "the suite's name (reports show it)")
-    tasks: list = option([], "the tasks: a list of {task: ID, options: {...}}")  # noqa: RUF009
+    tasks: list = option([], "the tasks: a list of {task: ID, options: {...}}")
     episodes: int = option(50, "episodes per task, axis and evaluation seed")
-    seeds: list = option([100000], "evaluation seeds: under seed s, episode k starts from reset seed s + k")  # noqa: RUF009
+    seeds: list = option([100000], "evaluation seeds: under seed s, episode k starts from reset seed s + k")
     max_episode_steps: int | None = option(None, "episode length for every task (None: each task's default)")
     greedy: bool = option(False, "act with the argmax tokens instead of sampling")
     temperature: float = option(1.0, "sampling temperature (ignored when greedy)")
-    axes: list = option(["in_distribution"], f"generalisation axes to run, from: {', '.join(AXES)}")  # noqa: RUF009
+    axes: list = option(["in_distribution"], f"generalisation axes to run, from: {', '.join(AXES)}")
     num_envs: int = option(1, "envs stepped together per (task, axis, seed); more batches the policy's calls")
     obs_mode: str = option("auto", "observations the envs give: auto (what the policy reads), state, rgb or both")
 
@@ -170,7 +170,7 @@ def _task_mapping(entry: Any) -> dict[str, Any]:
 
 def suite_dir() -> Path | None:
     """``configs/suite/`` (the repository's, or under ``$VLA_CL_CONFIG_DIR``)."""
-    from vla_cl.cli.compose import config_dir
+    from vla_cl.config import config_dir
 
     root = config_dir()
     return None if root is None else root / "suite"

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from vla_cl.config import RunConfig, option, require
+from vla_cl.config import RunConfig, merged, option, require
 
 POLICIES = ("state_token", "small_vlm", "openvla")
 WORD_POLICIES = ("state_token", "small_vlm")  # policies with a word vocabulary, whose new words init_from seeds
@@ -39,27 +39,17 @@ RL_METHODS = ("ppo", "reinforce")
 SFT_METHODS = ("sft",)
 
 
-def known_train_override(override: str) -> bool:
-    """Whether ``key=value`` names a field of ``vla-cl train`` (or an updater option) the experiment leaves free."""
-    from vla_cl.updaters.command import TrainConfig
-    from vla_cl.updaters.registry import options_dataclass
-
-    key, sep, _ = override.partition("=")
-    if not sep or key in ("init", "task", "demos", "teacher", "out_dir", "updater"):
-        return False
-    if key.startswith("updater."):
-        return key.split(".", 1)[1] in {f.name for f in dataclasses.fields(options_dataclass())} - {"name"}
-    return key in {f.name for f in dataclasses.fields(TrainConfig)}
-
-
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=True)
 class Trial:
-    """One fine-tuning run of the sweep: a method at one setting, as ``vla-cl train`` overrides."""
+    """One fine-tuning run of the sweep: a method at one setting, as the ``vla-cl train`` fields it sets beyond
+    the experiment's common ones (a typed mapping: ``{"updater": {"name": "ppo", "optim": {"lr": 1e-3}}, ...}``)."""
 
     method: str  # ppo, reinforce, sft, sft_kl, distill
     setting: str  # what distinguishes it within its method, e.g. "lr=3e-4"
-    overrides: tuple[str, ...]  # vla-cl train overrides beyond the experiment's common ones
+    train: dict  # vla-cl train fields beyond the experiment's common ones
     iterations: int
+
+    __hash__ = None  # a mapping inside: trials are compared, never hashed
 
     @property
     def id(self) -> str:
@@ -82,7 +72,7 @@ class RazorConfig(RunConfig):
     progress: bool = option(False, "show per-run progress bars (stage lines are always printed)",
                             affects_results=False)
     # --- tasks
-    prior_tasks: list = option(["maniskill/PickCube-v1", "maniskill/PushCube-v1", "maniskill/PullCube-v1",  # noqa: RUF009
+    prior_tasks: list = option(["maniskill/PickCube-v1", "maniskill/PushCube-v1", "maniskill/PullCube-v1",
                                 "maniskill/StackCube-v1"], "the tasks pi0 is behaviour-cloned on")
     suite: str = option("razor", "the retention suite (configs/suite/NAME.yaml): prior tasks, axes, episodes")
     new_task: str = option("maniskill/PickCubeLowGoal-v2", "the task every method fine-tunes on")
@@ -114,22 +104,22 @@ class RazorConfig(RunConfig):
     pi0_batch: int = option(256, "demonstration steps per pi0 optimiser step")
     label_sigma: float | None = option(None, "Gaussian soft labels in bins for pi0 and for the SFT arms (0 = hard "
                                        "labels; None: 2 for state_token, 0 for autoregressive policies, see "
-                                       "vla_cl.updaters.pretrain)")
+                                       "vla_cl.razor.pretrain)")
     # --- the sweep on the new task
     new_task_demos: int = option(100, "expert demonstrations of the new task for the SFT arms")
-    ppo_lrs: list = option([1e-4, 3e-4, 1e-3], "PPO learning rates (one run each)")  # noqa: RUF009
-    reinforce_lrs: list = option([], "REINFORCE learning rates (one run each; the paper's robot RL)")  # noqa: RUF009
+    ppo_lrs: list = option([1e-4, 3e-4, 1e-3], "PPO learning rates (one run each)")
+    reinforce_lrs: list = option([], "REINFORCE learning rates (one run each; the paper's robot RL)")
     rl_iterations: int = option(12, "iterations of every RL run (and of distill)")
     rl_episodes: int = option(16, "episodes collected per RL iteration")
-    sft_lrs: list = option([3e-4, 1e-3, 3e-3], "SFT learning rates (one run each)")  # noqa: RUF009
+    sft_lrs: list = option([3e-4, 1e-3, 3e-3], "SFT learning rates (one run each)")
     sft_iterations: int = option(40, "SFT iterations (batches of sft_batch demonstration steps)")
     sft_batch: int = option(256, "demonstration steps per SFT iteration")
     sft_kl_coef: float = option(0.1, "beta of the sft_kl hybrid (run at the middle SFT learning rate)")
     distill_lr: float = option(1e-3, "learning rate of distill (SFT on the best RL policy's rollouts)")
     num_envs: int = option(4, "envs stepped together in each training run")
-    rl_overrides: list = option([], "extra `vla-cl train` overrides of every RL run and distillation, e.g. "  # noqa: RUF009
-                                "updater.minibatches=960 (a 7B model learns from a few rows at a time)")
-    sft_overrides: list = option([], "extra `vla-cl train` overrides of every SFT run (sft, sft_kl)")  # noqa: RUF009
+    rl_overrides: dict = option({}, "`vla-cl train` fields set in every RL run and distillation, e.g. "
+                                "{updater: {optim: {minibatches: 960}}} (a 7B model learns from a few rows at a time)")
+    sft_overrides: dict = option({}, "`vla-cl train` fields set in every SFT run (sft, sft_kl)")
     seeds: int = option(1, "training seeds per setting (seed, seed+1, ...)")
     # --- measurement
     snapshot_episodes: int = option(16, "episodes per task of mid-training policies (in_distribution axis only)")
@@ -170,11 +160,11 @@ class RazorConfig(RunConfig):
                 "interference would pose as forgetting)")
         outside = [t for t in suite.task_ids if t not in self.prior_tasks]
         require(not outside, "suite", self.suite, f"retention tasks pi0 learned (not in prior_tasks: {outside})")
-        self.rl_overrides, self.sft_overrides = [str(o) for o in self.rl_overrides], [str(o) for o in self.sft_overrides]
+        from vla_cl.updaters.command import check_train_mapping
+
+        self.rl_overrides, self.sft_overrides = dict(self.rl_overrides), dict(self.sft_overrides)
         for name in ("rl_overrides", "sft_overrides"):
-            bad = [o for o in getattr(self, name) if not known_train_override(o)]
-            require(not bad, name, bad, "key=value overrides of `vla-cl train` fields or updater.<option>s (not init, "
-                    "task, demos, teacher or out_dir, which the experiment sets)")
+            check_train_mapping(name, getattr(self, name))
         require(bool(self.ppo_lrs) or bool(self.reinforce_lrs), "ppo_lrs/reinforce_lrs", [],
                 "at least one RL learning rate: the experiment compares RL with SFT")
         require(bool(self.sft_lrs), "sft_lrs", self.sft_lrs, "at least one SFT learning rate")
@@ -191,7 +181,7 @@ class RazorConfig(RunConfig):
         self._check_policy_setup()
         require(self.pi0_epochs > 0 and self.pi0_lr > 0, "pi0_epochs/pi0_lr", (self.pi0_epochs, self.pi0_lr), "> 0")
         if self.label_sigma is None:
-            from vla_cl.updaters.pretrain import default_label_sigma
+            from vla_cl.razor.pretrain import default_label_sigma
 
             self.label_sigma = default_label_sigma(self.policy)
         require(self.label_sigma >= 0, "label_sigma", self.label_sigma, ">= 0 bins")
@@ -221,7 +211,7 @@ class RazorConfig(RunConfig):
     def pretrain_config(self, out_dir: str | None, workers: int = 1):
         """pi0's warm-up as a ``vla-cl pretrain`` config: the prior tasks (and the new task's few warm-up
         demonstrations), the experiment's policy and observations."""
-        from vla_cl.updaters.pretrain import PretrainConfig
+        from vla_cl.razor.pretrain import PretrainConfig
 
         tasks = [*self.prior_tasks, *([self.new_task] if self.new_task_warmup else [])]
         return PretrainConfig(tasks=tasks, demos=self.demos, policy=self.policy, init=self.init,
@@ -259,35 +249,31 @@ class RazorConfig(RunConfig):
     def trials(self) -> list[Trial]:
         """Every run of the sweep but distill (which needs the best RL run first, see ``distill_trial``)."""
         rl = self.rl_iterations
-        snap = max(1, rl // 3)
-        sft_snap = max(1, self.sft_iterations // 3)
         out = []
         for seed in range(self.seeds):
             tag = f"_s{seed}" if self.seeds > 1 else ""
             for method, lrs in (("ppo", self.ppo_lrs), ("reinforce", self.reinforce_lrs)):
                 for lr in lrs:
-                    out.append(Trial(method, f"lr={lr:g}{tag}", (
-                        f"updater={method}", f"updater.lr={lr}", f"updater.episodes={self.rl_episodes}",
-                        f"iterations={rl}", f"snapshot_every={snap}", f"seed={self.seed + seed}",
-                        *self.rl_overrides), rl))
+                    out.append(Trial(method, f"lr={lr:g}{tag}", self._rl(method, float(lr), seed), rl))
             for lr in self.sft_lrs:
-                out.append(Trial("sft", f"lr={lr:g}{tag}", self._sft(lr, sft_snap, seed), self.sft_iterations))
+                out.append(Trial("sft", f"lr={lr:g}{tag}", self._sft("sft", float(lr), seed), self.sft_iterations))
             middle = sorted(self.sft_lrs)[len(self.sft_lrs) // 2]
-            out.append(Trial("sft_kl", f"lr={middle:g}_kl={self.sft_kl_coef:g}{tag}", (
-                *self._sft(middle, sft_snap, seed, "sft_kl"), f"updater.kl_coef={self.sft_kl_coef}"),
-                self.sft_iterations))
+            out.append(Trial("sft_kl", f"lr={middle:g}_kl={self.sft_kl_coef:g}{tag}",
+                             self._sft("sft_kl", float(middle), seed, kl_coef=self.sft_kl_coef), self.sft_iterations))
         return out
 
-    def _sft(self, lr: float, snap: int, seed: int, method: str = "sft") -> tuple[str, ...]:
-        return (f"updater={method}", f"updater.lr={lr}", f"updater.batch_size={self.sft_batch}",
-                "updater.minibatches=1", f"updater.label_sigma={self.label_sigma}",
-                f"iterations={self.sft_iterations}", f"snapshot_every={snap}", f"seed={self.seed + seed}",
-                *self.sft_overrides)
+    def _rl(self, method: str, lr: float, seed: int, **train: object) -> dict:
+        return merged({"updater": {"name": method, "optim": {"lr": lr}, "episodes": self.rl_episodes},
+                       "iterations": self.rl_iterations, "snapshot_every": max(1, self.rl_iterations // 3),
+                       "seed": self.seed + seed, **train}, self.rl_overrides)
+
+    def _sft(self, method: str, lr: float, seed: int, **updater: object) -> dict:
+        return merged({"updater": {"name": method, "optim": {"lr": lr, "minibatches": 1},
+                                   "batch_size": self.sft_batch, "label_sigma": self.label_sigma, **updater},
+                       "iterations": self.sft_iterations, "snapshot_every": max(1, self.sft_iterations // 3),
+                       "seed": self.seed + seed}, self.sft_overrides)
 
     def distill_trial(self, teacher: str, teacher_id: str, seed: int = 0) -> Trial:
         tag = f"_s{seed}" if self.seeds > 1 else ""
-        return Trial("distill", f"from_{teacher_id}{tag}", (
-            "updater=distill", f"teacher={teacher}", f"updater.lr={self.distill_lr}",
-            f"updater.episodes={self.rl_episodes}", f"iterations={self.rl_iterations}",
-            f"snapshot_every={max(1, self.rl_iterations // 3)}", f"seed={self.seed + seed}", *self.rl_overrides),
-            self.rl_iterations)
+        train = merged(self._rl("distill", self.distill_lr, seed), {"teacher": teacher})
+        return Trial("distill", f"from_{teacher_id}{tag}", train, self.rl_iterations)

@@ -188,7 +188,7 @@ def policies_of(trials: list[dict]) -> list[dict]:
 
     out = []
     for entry in trials:
-        trial, folder = Trial(**{**entry["trial"], "overrides": tuple(entry["trial"]["overrides"])}), Path(entry["folder"])
+        trial, folder = Trial(**entry["trial"]), Path(entry["folder"])
         snapshots = sorted((folder / "artifacts" / "snapshots").glob("iter-*"))
         for path in snapshots:
             out.append({"key": f"{trial.id}__{path.name}", "trial": trial.id, "method": trial.method,

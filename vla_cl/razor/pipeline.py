@@ -29,33 +29,27 @@ from vla_cl.razor.config import WORD_POLICIES, RazorConfig
 from vla_cl.runs import RunDir
 from vla_cl.stages import Stages, log, resolve_workers
 
-
-def _subcommand(folder: Path, command: str, overrides: list[str]):
-    from vla_cl.cli.compose import compose
-    from vla_cl.cli.registry import COMMANDS
-
-    spec = COMMANDS[command]
-    config = compose(command, spec.load_config_class(), [f"out_dir={folder}", *overrides])
-    return config, RunDir.open(config.out_dir, command, config), spec.load_run()
-
-
 # ------------------------------------------------------------------------------------------ the stages
 
 
 def stage_info(folder: Path) -> dict:
-    from vla_cl.cli import info
+    from vla_cl.envs.check import machine_report
 
-    report = info.collect()
+    report = machine_report()
     write_json_atomic(folder / "info.json", report)
     log(f"[razor]   torch {report['versions']['torch']}, cuda={report['cuda']}, Vulkan: {report['vulkan']}")
     return {"torch": report["versions"]["torch"], "cuda": report["cuda"]}
 
 
 def stage_mechanism(config: RazorConfig, folder: Path) -> dict:
-    cfg, run_dir, run = _subcommand(folder, "parity", [f"preset={config.parity_preset}", f"seed={config.seed}",
-                                                       f"sweep.workers={config.parity_workers}"])
-    with run_dir:
-        status = run(cfg, run_dir)
+    from vla_cl.config import build_config, config_layers
+    from vla_cl.parity.command import ParityConfig
+    from vla_cl.parity.command import run as run_parity
+
+    cfg = build_config(ParityConfig, *config_layers("parity", {"preset": config.parity_preset}),
+                       {"seed": config.seed, "sweep": {"workers": config.parity_workers}, "out_dir": str(folder)})
+    with RunDir.open(cfg.out_dir, "parity", cfg) as run_dir:
+        status = run_parity(cfg, run_dir)
     summary = json.loads((folder / "summary.json").read_text())
     r2 = summary.get("r2", {}).get("forward_kl_new")
     log(f"[razor]   ParityMNIST R^2 of the forward KL on the new task: {r2}")
@@ -66,7 +60,7 @@ def stage_demos(config: RazorConfig, folder: Path, pi0_folder: Path, workers: in
     """The experts' demonstrations: of the prior tasks (and the new task's warm-up ones) where pi0's warm-up
     reads them, and of the new task for the SFT arms; recorded as the policy observes (images at its input
     size, the experiment's camera)."""
-    from vla_cl.updaters.pretrain import expert_demos
+    from vla_cl.envs.expert_demos import expert_demos
 
     recorded = config.pretrain_config(None).recording()
     prior = expert_demos(config.prior_tasks, config.demos, config.seed, pi0_folder / "artifacts" / "demos",
@@ -86,7 +80,7 @@ def stage_demos(config: RazorConfig, folder: Path, pi0_folder: Path, workers: in
 
 def stage_pi0(config: RazorConfig, folder: Path, workers: int) -> dict:
     from vla_cl.envs import get_spec
-    from vla_cl.updaters.pretrain import pretrain
+    from vla_cl.razor.pretrain import pretrain
 
     pre = config.pretrain_config(str(folder), workers)
     with RunDir.open(folder, "pretrain", pre) as sub:
@@ -169,6 +163,6 @@ def check_device_for(config: RazorConfig) -> None:
 
 
 def _slug(task: str) -> str:
-    from vla_cl.updaters.pretrain import task_slug
+    from vla_cl.envs.expert_demos import task_slug
 
     return task_slug(task)

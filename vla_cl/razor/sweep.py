@@ -1,7 +1,7 @@
 """The razor sweep: every fine-tuning run of the new task, in parallel worker processes, resumable.
 
-Each trial is a ``vla-cl train`` run in ``sweep/<trial id>/`` (its config composed and validated like the
-command line's), from the same pi0 and with the experiment's common settings; its mid-training snapshots
+Each trial is a ``vla-cl train`` run in ``sweep/<trial id>/`` (its config built from typed layers and
+validated like the command line's, ``build_train_config``), from the same pi0 and with the experiment's common settings; its mid-training snapshots
 land in ``artifacts/snapshots``. A trial whose ``summary.json`` exists is finished and never redone; an
 interrupted one resumes from its last checkpoint (the training loop's exact resume), so a sweep started
 again loses no finished trial and repeats no finished iteration.
@@ -28,40 +28,40 @@ def finished(folder: Path) -> bool:
     return (folder / SUMMARY).exists() and (folder / "artifacts" / "policy").is_dir()
 
 
-def train_trial(overrides: list[str], out_dir: str) -> dict[str, Any]:
+def train_trial(layers: list[dict[str, Any]], out_dir: str) -> dict[str, Any]:
     """Run (or resume) one trial in this process; returns its summary. Runs in a worker process."""
     import torch
 
-    from vla_cl.cli.compose import compose
-    from vla_cl.cli.registry import COMMANDS
     from vla_cl.runs import RunDir
+    from vla_cl.updaters.command import build_train_config
+    from vla_cl.updaters.command import run as run_train
 
     torch.set_num_threads(1)
-    spec = COMMANDS["train"]
-    config = compose("train", spec.load_config_class(), [*overrides, f"out_dir={out_dir}"])
+    config = build_train_config(*layers, {"out_dir": out_dir})
     start = time.perf_counter()
     with RunDir.open(config.out_dir, "train", config) as run_dir:
-        spec.load_run()(config, run_dir)
+        run_train(config, run_dir)
     summary = json.loads((Path(out_dir) / SUMMARY).read_text())
     return {"seconds": time.perf_counter() - start, **summary}
 
 
-def common_overrides(config: RazorConfig, pi0: Path, demos: Path) -> dict[str, list[str]]:
-    """What every trial shares, by data source: RL and distill trials collect episodes of the new task from
-    pi0; SFT trials also read the new task's demonstrations."""
+def common_fields(config: RazorConfig, pi0: Path) -> dict[str, Any]:
+    """What every trial shares: the new task, pi0, the envs and the in-loop measurements."""
     from vla_cl.envs import get_spec
 
-    base = [f"task={config.new_task}", f"init={pi0}", f"num_envs={config.num_envs}", "eval_every=0",
-            "eval_episodes=16", "probe_episodes=4", "progress=false", "tensorboard=false",
-            f"device={config.device}", f"lora_rank={config.lora_rank}", f"processes={str(config.processes).lower()}",
-            *[f"{key}={str(value).lower() if isinstance(value, bool) else value}" for key, value in
-              {"max_episode_steps": get_spec(config.new_task).max_episode_steps, **config.rollout_options()}.items()]]
-    return {"rollouts": base, "demos": [*base, f"demos={demos}"]}
+    return {"task": config.new_task, "init": str(pi0), "num_envs": config.num_envs, "eval_every": 0,
+            "eval_episodes": 16, "probe_episodes": 4, "progress": False, "tensorboard": False,
+            "device": config.device, "lora_rank": config.lora_rank, "processes": config.processes,
+            "max_episode_steps": get_spec(config.new_task).max_episode_steps, **config.rollout_options()}
 
 
-def _overrides(trial: Trial, common: dict[str, list[str]]) -> list[str]:
-    source = "demos" if trial.method in ("sft", "sft_kl") else "rollouts"
-    return [*common[source], *trial.overrides, f"checkpoint_every={max(1, trial.iterations // 3)}"]
+def trial_layers(trial: Trial, common: dict[str, Any], demos: Path) -> list[dict[str, Any]]:
+    """The layers of one trial's ``vla-cl train`` config: the common fields, the new task's demonstrations
+    for the methods that learn from them, the trial's own fields and the run's refresh/checkpoint schedule
+    (the scenes are rebuilt, and a resume can start, every third of a run)."""
+    every = max(1, trial.iterations // 3)
+    data = {"demos": str(demos)} if trial.method in ("sft", "sft_kl") else {}
+    return [common, data, trial.train, {"refresh_every": every, "checkpoint_every": every}]
 
 
 def best_rl(results: dict[str, dict], trials: list[Trial]) -> Trial:
@@ -81,7 +81,7 @@ def run_sweep(config: RazorConfig, folder: Path, pi0: Path, demos: Path, workers
               log: Any = print) -> list[tuple[Trial, Path]]:
     """Every trial (see the module docstring); returns (trial, run folder) in plan order."""
     trials = config.trials()
-    common = common_overrides(config, pi0, demos)
+    common = common_fields(config, pi0)
     results: dict[str, dict] = {}
     for trial in trials:
         out = folder / trial.id
@@ -96,7 +96,7 @@ def run_sweep(config: RazorConfig, folder: Path, pi0: Path, demos: Path, workers
     with ProcessPoolExecutor(max(1, workers), mp_context=context) as pool:
         def submit(trial: Trial) -> None:
             log(f"[razor]   trial {trial.id}: started")
-            pending[pool.submit(train_trial, _overrides(trial, common), str(folder / trial.id))] = trial
+            pending[pool.submit(train_trial, trial_layers(trial, common, demos), str(folder / trial.id))] = trial
 
         def plan_distill() -> None:
             if distill or any(t.method in RL_METHODS and t.id not in results for t in trials):

@@ -1,11 +1,11 @@
-"""Resumable training checkpoints: policy weights, optimiser state, RNG states and progress counters.
+"""Resumable training checkpoints: policy weights, optimiser state and progress counters.
 
 Layout under ``<run_dir>/artifacts/checkpoints/``::
 
     iter-000012/
       policy/                        the policy (its own checkpoint format: config.json + model.safetensors)
-      training_state.safetensors     optimiser state tensors (AdamW moments, step counts) and RNG states
-      training_state.json            iteration, counters, seed, optimiser scalars, Python/numpy RNG scalars
+      training_state.safetensors     optimiser state tensors (AdamW moments, step counts)
+      training_state.json            iteration, counters, seed, optimiser scalars
     latest                           the name of the newest complete checkpoint folder
 
 A checkpoint is written into a hidden temporary folder, renamed into place, and only then does
@@ -18,19 +18,21 @@ safetensors, everything else through JSON.
 
 ``truncate_metrics`` drops the metrics lines a killed run wrote after its last checkpoint, so that the
 resumed run's ``metrics.jsonl`` is line for line what an uninterrupted run writes.
+
+No global RNG state is saved: every draw of the loop comes from a generator seeded from (seed, stream,
+iteration), and torch's global generator is seeded the same way before each update (``vla_cl.updaters.loop``).
+Checkpoints written before that change also hold RNG states, which loading ignores.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import random
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from vla_cl.files import filter_jsonl, write_json_atomic, write_text_atomic
@@ -80,33 +82,6 @@ def restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch
     optimizer.load_state_dict(full)
 
 
-def rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """The global RNG states of torch (CPU and CUDA), numpy and Python, as tensors + JSON."""
-    kind, keys, position, has_gauss, cached = np.random.get_state()
-    tensors = {"rng.torch": torch.get_rng_state(), "rng.numpy_keys": torch.from_numpy(keys.astype(np.int64))}
-    if torch.cuda.is_available():
-        for i, cuda_state in enumerate(torch.cuda.get_rng_state_all()):
-            tensors[f"rng.cuda.{i}"] = cuda_state
-    version, internal, gauss_next = random.getstate()
-    scalars = {
-        "numpy": {"kind": kind, "position": int(position), "has_gauss": int(has_gauss), "cached": float(cached)},
-        "python": {"version": version, "internal": list(internal), "gauss_next": gauss_next},
-    }
-    return tensors, scalars
-
-
-def restore_rng(tensors: dict[str, torch.Tensor], scalars: dict[str, Any]) -> None:
-    torch.set_rng_state(tensors["rng.torch"])
-    cuda = sorted((k for k in tensors if k.startswith("rng.cuda.")), key=lambda k: int(k.rsplit(".", 1)[1]))
-    if cuda and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([tensors[k] for k in cuda])
-    n = scalars["numpy"]
-    keys = tensors["rng.numpy_keys"].numpy().astype(np.uint32)
-    np.random.set_state((n["kind"], keys, n["position"], n["has_gauss"], n["cached"]))
-    p = scalars["python"]
-    random.setstate((p["version"], tuple(p["internal"]), p["gauss_next"]))
-
-
 # ------------------------------------------------------------------------------------------ checkpoints
 
 
@@ -122,10 +97,9 @@ def save_checkpoint(root: Path, iteration: int, policy: Any, optimizer: torch.op
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=root))
     policy.save_pretrained(tmp / POLICY_FOLDER)
     optim_tensors, optim_scalars = optimizer_state(optimizer)
-    rng_tensors, rng_scalars = rng_state()
-    save_file({**optim_tensors, **rng_tensors}, str(tmp / TENSORS_FILE))
+    save_file(optim_tensors, str(tmp / TENSORS_FILE))
     record = {"format": FORMAT, "format_version": FORMAT_VERSION, "iteration": iteration, **progress,
-              "optimizer": optim_scalars, "rng": rng_scalars}
+              "optimizer": optim_scalars}
     write_json_atomic(tmp / STATE_FILE, record)
     final = root / name
     if final.exists():  # a killed save renamed it but never pointed ``latest`` at it
@@ -163,7 +137,7 @@ def latest_checkpoint(root: Path) -> Path | None:
 
 def load_checkpoint(root: Path, policy: Any, optimizer: torch.optim.Optimizer) -> dict[str, Any] | None:
     """Restore the newest checkpoint under ``root`` into ``policy`` (weights, in place) and ``optimizer``
-    and the global RNGs; returns its JSON record, or None (after cleaning up) when there is none."""
+    returns its JSON record, or None (after cleaning up) when there is none."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -195,7 +169,6 @@ def load_checkpoint(root: Path, policy: Any, optimizer: torch.optim.Optimizer) -
                                  "one failed to load); delete the run folder to start over") from error
             continue
         restore_optimizer(optimizer, tensors, record["optimizer"])
-        restore_rng(tensors, record["rng"])
         if i:  # later folders are unreadable: the run continues from this one and will overwrite them
             write_text_atomic(root / LATEST, name)
         return record

@@ -1,7 +1,7 @@
 """``vla-cl train``: fine-tune a CPU-scale (or any registered) policy on a task with any updater.
 
     vla-cl train updater=reinforce task=maniskill/PickCubeLowGoal-v1 init=runs/pi0/artifacts/policy
-    vla-cl train updater=sft demos=runs/demos/pick policy=state_token iterations=50 updater.lr=3e-4
+    vla-cl train updater=sft demos=runs/demos/pick policy=state_token iterations=50 updater.optim.lr=3e-4
     vla-cl train updater=distill teacher=runs/rl/artifacts/policy init=runs/pi0/artifacts/policy
 
 pi0 is ``init`` (a saved policy) or, without it, a fresh ``policy`` built for the task (its state size,
@@ -28,7 +28,6 @@ from vla_cl.runs import RunDir
 from vla_cl.updaters.loop import LoopConfig, check_device, derived_seed
 from vla_cl.updaters.registry import config_from_options, get_updater_class, options_dataclass
 
-UpdaterOptions = options_dataclass()
 PRESETS = ("tiny", "default")
 INIT = 100  # derived-seed stream for weights created here (new value heads, new words)
 
@@ -39,9 +38,8 @@ def _invalid(field: str, error: Exception) -> ValueError:
 
 @dataclasses.dataclass
 class TrainConfig(LoopConfig, RunConfig):
-    updater: UpdaterOptions = dataclasses.field(  # type: ignore[valid-type]
-        default_factory=UpdaterOptions, metadata={"help": "the method and its options (updater=NAME)"}
-    )
+    updater: Any = option(None, "the method and its options: an updater's config (PPOConfig, ...), or a mapping "
+                          "with its name and the options to change (None: ppo's defaults)")
     task: str = option("maniskill/PickCube-v1", "task id to fine-tune on (vla_cl.envs.list_tasks())")
     policy: str | None = option(None, "policy to build when there is no init (default state_token)")
     policy_preset: str = option("default", "size of a freshly built policy: default or tiny")
@@ -60,8 +58,8 @@ class TrainConfig(LoopConfig, RunConfig):
         super().__post_init__()
         from vla_cl.envs import get_spec
 
-        self.updater_config()  # names a bad updater.<field>
-        source = get_updater_class(self.updater.name).source
+        self.updater = updater_config(self.updater)  # names a bad updater.<field>
+        source = get_updater_class(self.updater.name).source  # what the updater learns from
         try:
             get_spec(self.task)
         except ValueError as error:
@@ -74,22 +72,20 @@ class TrainConfig(LoopConfig, RunConfig):
         if self.camera_size is not None:
             require(16 <= self.camera_size <= 1920, "camera_size", self.camera_size, "16..1920 or None")
         action_dim, reads, side = self._check_policy()
-        require(source == "teacher" or self.teacher is None, "teacher", self.teacher,
+        require(source.needs_teacher or self.teacher is None, "teacher", self.teacher,
                 f"None: updater {self.updater.name!r} does not learn from a teacher")
-        require(source != "teacher" or self.teacher is not None, "teacher", self.teacher,
+        require(not source.needs_teacher or self.teacher is not None, "teacher", self.teacher,
                 f"a policy checkpoint folder: updater {self.updater.name!r} distils a teacher")
         if self.teacher is not None:
             _checkpoint_config("teacher", self.teacher)
-        require(source == "demos" or self.demos is None, "demos", self.demos,
+        require(source.needs_demos or self.demos is None, "demos", self.demos,
                 f"None: updater {self.updater.name!r} does not learn from demonstrations")
-        require(source != "demos" or self.demos is not None, "demos", self.demos,
+        require(not source.needs_demos or self.demos is not None, "demos", self.demos,
                 f"a demonstration folder (`vla-cl demos task={self.task} ...`): updater "
                 f"{self.updater.name!r} learns from demonstrations")
         if self.demos is not None:
             self._check_demos(action_dim, reads, side)
 
-    def updater_config(self):
-        return config_from_options(self.updater)
 
     def _check_policy(self) -> tuple[int, set[str], int | None]:
         """Validate policy/init; returns pi0's action dimension, the observations it reads and its image side."""
@@ -134,6 +130,61 @@ class TrainConfig(LoopConfig, RunConfig):
                     f"images rendered at this run's camera_size={self.camera_size} (these were rendered at "
                     f"camera_size={camera}: pass camera_size={camera}, or record them again with "
                     f"`vla-cl demos camera_size={self.camera_size}`)")
+
+
+def updater_config(value: Any) -> Any:
+    """An updater's config from what ``TrainConfig.updater`` was given: a config as it is, options (the command
+    line's ``UpdaterOptions`` or a mapping with ``name``) through the registry, None as ppo's defaults."""
+    if value is None:
+        value = {"name": "ppo"}
+    if dataclasses.is_dataclass(value) and isinstance(value, get_updater_class(value.name).config_class):
+        return value
+    if not (dataclasses.is_dataclass(value) or isinstance(value, dict)) or "name" not in \
+            (dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value):
+        raise _invalid("updater", ValueError(f"{value!r} is not an updater's config or a mapping with its name"))
+    return config_from_options(value)
+
+
+SET_BY_CALLER = ("init", "task", "demos", "teacher", "out_dir")
+
+
+def check_train_mapping(field: str, mapping: Any, free: bool = False) -> None:
+    """Refuse, naming ``field``, a mapping of ``TrainConfig`` fields with a key no field has (``updater``'s keys
+    are checked against every registered updater's options); unless ``free``, also the keys the experiment
+    sets itself (``SET_BY_CALLER``)."""
+    from vla_cl.config import check_keys
+
+    try:
+        check_keys(TrainConfig, mapping)
+        if isinstance(mapping.get("updater"), dict):
+            check_keys(options_dataclass(), mapping["updater"])
+    except ValueError as error:
+        raise _invalid(field, error) from None
+    taken = sorted(set(mapping) & set(SET_BY_CALLER))
+    require(free or not taken, field, mapping, f"fields of `vla-cl train` other than {', '.join(SET_BY_CALLER)}, "
+            f"which the experiment sets (got {', '.join(taken)})")
+
+
+def build_train_config(*layers: Any) -> TrainConfig:
+    """A ``vla-cl train`` config from typed layers (mappings of its fields, ``updater`` a mapping with the
+    updater's ``name`` and options, nested like ``{"optim": {"lr": 1e-3}}``), over ``configs/train.yaml``:
+    what the razor's sweep and the continual stages run, validated like the command line's."""
+    from vla_cl.config import build_config, config_layers
+
+    return build_config(TrainConfig, *config_layers("train"), *layers)
+
+
+def train_schema() -> type:
+    """``TrainConfig`` as the command line sees it, built when used: ``updater`` typed as the options of every
+    updater registered now (``options_dataclass``), so that hydra checks ``updater.<field>`` values and
+    ``--help`` lists them; ``__post_init__`` turns those options into the chosen updater's config."""
+    options = options_dataclass()
+    schema = dataclasses.make_dataclass(
+        "TrainConfig", [("updater", options, dataclasses.field(
+            default_factory=options, metadata={"help": "the method and its options (updater=NAME)"}))],
+        bases=(TrainConfig,))
+    schema.__module__ = __name__
+    return schema
 
 
 def _checkpoint_config(field: str, folder: str) -> tuple[str, dict[str, Any]]:
@@ -256,7 +307,7 @@ def run(config: TrainConfig, run_dir: RunDir) -> int:
     from vla_cl.policies import get_policy_class, load_policy
     from vla_cl.updaters.loop import train
 
-    updater = get_updater_class(config.updater.name)(config.updater_config())
+    updater = get_updater_class(config.updater.name)(config.updater)
     spec = get_spec(config.task)
 
     def load(field: str, init: str):

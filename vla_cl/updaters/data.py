@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -35,28 +35,39 @@ EVAL_CHUNK = 256  # rows per no-grad forward pass when scoring a whole batch
 
 @dataclasses.dataclass
 class Batch:
-    """Rows of training data: observations, action tokens (N, D) and named per-row tensors."""
+    """Rows of training data: observations, action tokens (N, D) and what an updater's ``prepare`` adds per
+    row (None where it adds nothing): the policy-gradient terms, or soft targets to learn."""
 
     obs: ObsBatch
     tokens: torch.Tensor
-    fields: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
+    advantages: torch.Tensor | None = None  # (N,) per-row advantage (PPO: GAE; REINFORCE/GRPO: the episode's)
+    returns: torch.Tensor | None = None  # (N,) PPO's value targets
+    old_log_probs: torch.Tensor | None = None  # (N,) or (N, D): the collecting policy's log-probabilities
+    old_values: torch.Tensor | None = None  # (N,) the collecting policy's values (value clipping)
+    targets: torch.Tensor | None = None  # (N, D, S) token distributions to learn (a teacher's, or restricted)
+
+    PER_ROW: ClassVar[tuple[str, ...]] = ("advantages", "returns", "old_log_probs", "old_values", "targets")
 
     def __post_init__(self) -> None:
         if self.tokens.ndim != 2 or self.tokens.shape[0] != len(self.obs) or self.tokens.is_floating_point():
             raise ValueError(f"tokens must be integer (N, D) with N = {len(self.obs)}, got {tuple(self.tokens.shape)}")
-        for name, value in self.fields.items():
+        for name, value in self._present().items():
             if value.shape[0] != len(self.obs):
                 raise ValueError(f"field {name!r} has {value.shape[0]} rows, the batch {len(self.obs)}")
+
+    def _present(self) -> dict[str, torch.Tensor]:
+        return {name: getattr(self, name) for name in self.PER_ROW if getattr(self, name) is not None}
 
     def __len__(self) -> int:
         return len(self.obs)
 
     def select(self, rows: Any) -> Batch:
         index = torch.as_tensor(rows, dtype=torch.long).reshape(-1)
-        return Batch(self.obs.select(index), self.tokens[index], {k: v[index] for k, v in self.fields.items()})
+        return Batch(self.obs.select(index), self.tokens[index], **{k: v[index] for k, v in self._present().items()})
 
     def to(self, device: torch.device | str) -> Batch:
-        return Batch(self.obs.to(device), self.tokens.to(device), {k: v.to(device) for k, v in self.fields.items()})
+        return Batch(self.obs.to(device), self.tokens.to(device),
+                     **{k: v.to(device) for k, v in self._present().items()})
 
 
 def batched(fn: Callable[[ObsBatch, torch.Tensor], torch.Tensor], obs: ObsBatch, tokens: torch.Tensor | None,
@@ -105,8 +116,8 @@ class Rollouts:
         """The steps as a Batch (of the episodes where ``keep_episodes`` (E,) is true, if given)."""
         index = torch.arange(len(self)) if keep_episodes is None else torch.nonzero(keep_episodes[self.episode])
         index = index.reshape(-1)
-        fields = {} if self.probs is None else {"probs": self.probs[index]}
-        return Batch(self.obs.select(index), self.tokens[index], fields)
+        targets = None if self.probs is None else self.probs[index]
+        return Batch(self.obs.select(index), self.tokens[index], targets=targets)
 
     def summary(self) -> dict[str, float]:
         lengths = torch.bincount(self.episode, minlength=self.num_episodes).float()

@@ -2,9 +2,9 @@
 
     train(policy, updater, env, LoopConfig(iterations=20), run_dir, seed=0, demos=demos)
 
-Each iteration: get data (the policy's own episodes, a teacher's episodes, or a demonstration batch,
-as ``updater.source`` says) -> ``updater.prepare`` -> ``update_epochs`` passes of ``minibatches``
-minibatches -> ``updater.loss`` -> backward, with ``grad_accum`` minibatches per AdamW step, the
+Each iteration: get data (the policy's own episodes, a teacher's episodes, or a demonstration batch, from
+the updater's data source, ``vla_cl.updaters.sources``) -> ``updater.prepare`` -> ``update_epochs``
+passes of ``minibatches`` minibatches -> ``updater.loss`` -> backward, with ``grad_accum`` minibatches per AdamW step, the
 global gradient norm clipped and the learning rate set from the schedule. Iteration 0 is pi0 before any
 update: it is evaluated and gives the KL probe's reference.
 
@@ -15,13 +15,17 @@ to teacher-force on; saved as ``artifacts/probe.safetensors``) on which E[KL(pi0
 
 Exact resume. Every iteration is a pure function of (the state after the previous iteration, seed,
 iteration index): its episodes start from seeds derived from (seed, iteration), its sampling and
-minibatch order use generators seeded the same way, and whole episodes are collected. The simulator's
-own memory of earlier episodes (ManiSkill's physics keeps some across resets) is cleared by rebuilding the
-envs' scenes before their first use after each checkpoint (``refresh``), which puts them where a resumed
-run's freshly created envs are. A checkpoint after iteration k (``vla_cl.updaters.checkpoint``) holds the
-weights, the optimiser state, the global RNG states and the counters; a run started again with the
-same ``out_dir`` restores it, drops the metrics lines written after it, and continues: its final
-metrics (apart from ``WALL_CLOCK`` fields) and weights equal an uninterrupted run's bit for bit.
+minibatch order use generators seeded the same way, torch's global generator (dropout) is seeded from
+(seed, iteration) before each update, and whole episodes are collected. The simulator's own memory of
+earlier episodes (ManiSkill's physics keeps some across resets) is cleared by rebuilding the envs' scenes
+on a fixed schedule, before their first use after every ``refresh_every``-th iteration (``refresh``),
+which puts them where freshly created envs are. Checkpoints fall on that schedule (``checkpoint_every``
+is a multiple of ``refresh_every``), so a resumed run's fresh envs are where the uninterrupted run's
+refreshed ones are, and how often a run checkpoints does not change its results. A checkpoint after
+iteration k (``vla_cl.updaters.checkpoint``) holds the weights, the optimiser state and the counters;
+a run started again with the same ``out_dir`` restores it, drops the metrics lines written after it,
+and continues: its final metrics (apart from ``WALL_CLOCK`` fields) and weights equal an uninterrupted
+run's bit for bit.
 
 Outputs in the run directory: ``metrics.jsonl`` (one line per iteration), TensorBoard scalars in
 ``artifacts/tb``, checkpoints in ``artifacts/checkpoints``, the final policy in ``artifacts/policy``,
@@ -44,12 +48,22 @@ from vla_cl.policies.base import ObsBatch, Policy
 from vla_cl.runs import RunDir
 from vla_cl.updaters import checkpoint as ckpt
 from vla_cl.updaters.base import Updater
-from vla_cl.updaters.data import REWARDS, Batch, DemoStream, PolicyActor, Rollouts, collect_rollouts
+from vla_cl.updaters.data import REWARDS, Batch, PolicyActor, Rollouts, collect_rollouts
 from vla_cl.updaters.optim import make_optimizer, set_lr
+from vla_cl.updaters.seeds import (
+    DROPOUT,
+    EVAL,
+    EVAL_SAMPLE,
+    MINIBATCH,
+    PROBE,
+    PROBE_SAMPLE,
+    REFRESH,
+    derived_seed,
+    generator,
+)
+from vla_cl.updaters.sources import Source
 
 WALL_CLOCK = ("time", "seconds", "samples_per_s")  # metrics that differ between identical runs
-# Streams of derived seeds: one per kind of randomness, so that none shifts another.
-TRAIN, EVAL, PROBE, SAMPLE, EVAL_SAMPLE, PROBE_SAMPLE, MINIBATCH, DEMOS, REFRESH = range(1, 10)
 PROBE_FILE = "probe.safetensors"
 
 
@@ -65,12 +79,14 @@ class LoopConfig:
     probe_every: int = option(1, "measure the KL probe every this many iterations (0 = only at the end)")
     probe_episodes: int = option(4, "pi0 episodes whose states form the KL probe set")
     probe_states: int = option(256, "at most this many probe states (evenly spaced over those episodes)")
-    checkpoint_every: int = option(5, "save a resumable checkpoint every this many iterations (and at the end)")
+    checkpoint_every: int = option(5, "save a resumable checkpoint every this many iterations (and at the end); "
+                                   "a multiple of refresh_every")
     keep_checkpoints: int = option(2, "checkpoints kept (the newest; a resume falls back to an older one when "
                                    "the newest is unreadable)")
     snapshot_every: int = option(0, "also keep the policy alone every this many iterations, in "
                                  "artifacts/snapshots/iter-NNNNNN (0 = none): mid-training policies to evaluate")
-    refresh_envs: bool = option(True, "rebuild the envs' scenes after each checkpoint (exact resume on ManiSkill)")
+    refresh_every: int = option(5, "rebuild the envs' scenes every this many iterations, clearing the physics' "
+                                "memory of earlier episodes (0 = never: resumes are then not exact on ManiSkill)")
     device: str = option("cpu", "torch device for the policy: cpu, cuda, cuda:1, ...", affects_results=False)
     progress: bool = option(True, "show a progress bar", affects_results=False)
     tensorboard: bool = option(True, "also write TensorBoard scalars to artifacts/tb", affects_results=False)
@@ -78,10 +94,15 @@ class LoopConfig:
     def __post_init__(self) -> None:
         require(self.iterations >= 1, "iterations", self.iterations, "an integer >= 1")
         require_choice("reward", self.reward, REWARDS)
-        for name in ("eval_every", "probe_every", "checkpoint_every", "snapshot_every"):
+        for name in ("eval_every", "probe_every", "checkpoint_every", "snapshot_every", "refresh_every"):
             require(getattr(self, name) >= 0, name, getattr(self, name), "an integer >= 0 (0 = only at the end)")
         for name in ("eval_episodes", "probe_episodes", "probe_states", "keep_checkpoints"):
             require(getattr(self, name) >= 1, name, getattr(self, name), "an integer >= 1")
+        if self.refresh_every and self.checkpoint_every:
+            require(self.checkpoint_every % self.refresh_every == 0, "checkpoint_every", self.checkpoint_every,
+                    f"a multiple of refresh_every={self.refresh_every} (a resumed run starts from freshly built "
+                    "scenes, which the uninterrupted run has only right after a refresh), or set refresh_every to "
+                    "a divisor of it")
         try:
             torch.device(self.device)
         except RuntimeError:
@@ -108,16 +129,6 @@ def check_device(device: str) -> None:
                          "(torch.backends.mps.is_available() is False); pass device=cpu")
 
 
-def derived_seed(seed: int, stream: int, index: int = 0) -> int:
-    """A seed for ``stream`` (TRAIN, EVAL, ...) at ``index`` (the iteration), independent of the others;
-    < 2**30, so that episode k of a collection can use ``derived_seed(...) + k``."""
-    return int(np.random.SeedSequence([seed, stream, index]).generate_state(1)[0] % 2**30)
-
-
-def generator(seed: int, stream: int, index: int = 0) -> torch.Generator:
-    return torch.Generator().manual_seed(derived_seed(seed, stream, index))
-
-
 def due(iteration: int, every: int, last: int) -> bool:
     return iteration == last or (every > 0 and iteration % every == 0)
 
@@ -142,14 +153,17 @@ def train(
     policy.to(device)
     if teacher is not None:
         teacher.to(device)
-    stream = DemoStream(demos, policy, updater.config.batch_size, derived_seed(seed, DEMOS)) \
-        if updater.source == "demos" and demos is not None else None
-    check_setup(policy, updater, stream, teacher, device)
-    if env is None and updater.source != "demos":
+    try:
+        source = updater.data_source(policy, demos=demos, teacher=teacher, reward=config.reward, seed=seed,
+                                     device=device)
+    except ValueError as error:
+        raise ValueError(f"updater {updater.name!r}: {error}") from None
+    check_setup(policy, updater, source, device)
+    if env is None and source.needs_env:
         raise ValueError(f"updater {updater.name!r} collects episodes: pass the task's env")
     policy.mark_reference()
-    optimizer = make_optimizer(policy.trainable_parameters(), updater.config)
-    total_steps = config.iterations * updater.config.steps_per_iteration
+    optimizer = make_optimizer(policy.trainable_parameters(), updater.config.optim)
+    total_steps = config.iterations * updater.config.optim.steps_per_iteration
     # Without an env (training on demonstrations alone, e.g. pretraining pi0) there is no evaluation and
     # no KL probe: the caller evaluates the result on a suite.
     probe = kl_probe(policy, env, config, run_dir, seed, device) if env is not None else None
@@ -173,22 +187,23 @@ def train(
 
     bar = tqdm(range(start + 1, config.iterations + 1), initial=start, total=config.iterations,
                desc=f"{updater.name}", disable=not config.progress, dynamic_ncols=True)
-    refresh_due = False  # the envs hold episodes from before the last checkpoint, which a resumed run's lack
+    refresh_due = False  # the envs remember episodes from before the last refresh point; fresh envs do not
     for iteration in bar:
         started = time.perf_counter()
         evaluating = env is not None and due(iteration, config.eval_every, config.iterations)
-        if refresh_due and config.refresh_envs and env is not None and (updater.source != "demos" or evaluating):
+        if refresh_due and env is not None and (source.needs_env or evaluating):
             refresh(env, seed)
             refresh_due = False
-        data, data_metrics = collect(policy, updater, env, config, seed, iteration, stream, teacher, device)
+        data, data_metrics = source.collect(env, iteration)
         batch = updater.prepare(policy, data)
         rng = np.random.default_rng(derived_seed(seed, MINIBATCH, iteration))
+        torch.manual_seed(derived_seed(seed, DROPOUT, iteration))  # dropout draws from the global generator
         try:
             losses, counters["step"] = optimise(policy, updater, batch, optimizer, counters["step"], total_steps,
                                                 rng, device)
         except NonFinite as problem:
             raise TrainingDiverged(diverged_message(problem, iteration, updater, run_dir)) from None
-        counters["samples"] += len(batch) * updater.config.update_epochs
+        counters["samples"] += len(batch) * updater.config.optim.update_epochs
         counters["episodes"] += data_metrics.pop("episodes", 0)
         counters["env_steps"] += data_metrics.pop("env_steps", 0)
         record = {"iteration": iteration, **counters, **losses, **data_metrics, "batch_rows": len(batch)}
@@ -198,7 +213,7 @@ def train(
         if due(iteration, config.probe_every, last):
             record.update(probe_metrics(probe, policy))
         seconds = time.perf_counter() - started
-        record.update(seconds=round(seconds, 4), samples_per_s=round(len(batch) * updater.config.update_epochs
+        record.update(seconds=round(seconds, 4), samples_per_s=round(len(batch) * updater.config.optim.update_epochs
                                                                      / max(seconds, 1e-9), 2))
         log(**record)
         bar.set_postfix({k: f"{record[k]:.3g}" for k in ("train/loss", "eval/success_rate", "kl/mean") if k in record})
@@ -208,6 +223,7 @@ def train(
         if due(iteration, config.checkpoint_every, last):
             ckpt.save_checkpoint(run_dir.artifacts / "checkpoints", iteration, policy, optimizer,
                                  {"seed": seed, "updater": updater.name, **counters}, keep=config.keep_checkpoints)
+        if config.refresh_every and iteration % config.refresh_every == 0:
             refresh_due = True
     bar.close()
     if writer is not None:
@@ -231,8 +247,9 @@ def diverged_message(problem: NonFinite, iteration: int, updater: Updater, run_d
     c = updater.config
     return (f"training diverged in iteration {iteration}: {problem}. Nothing of this iteration was saved; the last "
             f"good checkpoint in {run_dir.path / 'artifacts' / 'checkpoints'} is what a resume uses. Likely cause: "
-            f"the learning rate (updater.lr={c.lr:g}) or the clipping (updater.grad_clip={c.grad_clip:g}) or the "
-            f"KL weight (updater.kl_coef={c.kl_coef:g}); lower the learning rate and run again in a new out_dir")
+            f"the learning rate (updater.optim.lr={c.optim.lr:g}) or the clipping (updater.optim.grad_clip="
+            f"{c.optim.grad_clip:g}) or the KL weight (updater.kl_coef={c.kl_coef:g}); lower the learning rate and "
+            "run again in a new out_dir")
 
 
 def refresh(env: Any, seed: int) -> None:
@@ -240,7 +257,7 @@ def refresh(env: Any, seed: int) -> None:
     scenes ignore the option). PhysX keeps solver and contact state across ordinary resets: measured on
     PickCube, the same seeds and actions gave different cube contacts after a different history of
     episodes, so a resumed run (fresh envs) drifted from the uninterrupted one. After a rebuild the envs
-    behave as freshly created ones. Cost: ~0.35 s per PickCube env, once per checkpoint interval."""
+    behave as freshly created ones. Cost: ~0.35 s per PickCube env, once per ``refresh_every`` iterations."""
     import gymnasium as gym
 
     options = {"reconfigure": True}
@@ -250,61 +267,14 @@ def refresh(env: Any, seed: int) -> None:
         env.reset(seed=derived_seed(seed, REFRESH), options=options)
 
 
-def check_setup(policy: Policy, updater: Updater, stream: DemoStream | None, teacher: Policy | None,
-                device: torch.device) -> None:
+def check_setup(policy: Policy, updater: Updater, source: Source, device: torch.device) -> None:
     """Refuse, before any work, a combination the updater cannot train."""
     if updater.needs_value_head and not policy.has_value_head:
         raise ValueError(f"updater {updater.name!r} needs a policy with a value head (value_head=True)")
-    if updater.source == "demos":
-        if stream is None:
-            raise ValueError(f"updater {updater.name!r} learns from demonstrations: pass demos (demos=PATH)")
-        first = stream.obs.select([0]).to(device)
-        with torch.no_grad():  # the policy's own checks name what the demonstrations lack (state, image)
-            policy.action_logits(first, stream.tokens[:1].to(device))
-    if updater.source == "teacher":
-        if teacher is None:
-            raise ValueError(f"updater {updater.name!r} learns from a teacher's rollouts: pass teacher=PATH")
-        check_same_actions(policy, teacher)
-
-
-def check_same_actions(policy: Policy, teacher: Policy) -> None:
-    """Tokens mean the same physical actions for both policies (same bins and statistics)."""
-    a, b = policy.tokenizer, teacher.tokenizer
-    same_stats = (a.stats is None) == (b.stats is None) and (a.stats is None or (
-        np.array_equal(a.stats.q01, b.stats.q01) and np.array_equal(a.stats.q99, b.stats.q99)
-        and np.array_equal(a.stats.mask, b.stats.mask)))
-    if (a.n_bins, a.vocab_size, policy.action_dim) != (b.n_bins, b.vocab_size, teacher.action_dim) or not same_stats:
-        raise ValueError("the teacher's action tokens differ from the policy's (bins, vocabulary, action dim or "
-                         "action statistics): distillation needs tokens that mean the same actions")
-
-
-def collect(policy: Policy, updater: Updater, env: Any, config: LoopConfig, seed: int, iteration: int,
-            stream: DemoStream | None, teacher: Policy | None, device: torch.device) -> tuple[Any, dict]:
-    """This iteration's raw data and what to log about it."""
-    if updater.source == "demos":
-        return stream.batch(iteration - 1), {}
-    actor = teacher if updater.source == "teacher" else policy
-    repeats = updater.repeats
-    rollouts = collect_rollouts(
-        actor,
-        env,
-        updater.config.episodes // repeats,
-        derived_seed(seed, TRAIN, iteration),
-        generator(seed, SAMPLE, iteration),
-        repeats=repeats,
-        reward=config.reward,
-        greedy=getattr(updater.config, "teacher_greedy", False),
-        with_probs=updater.source == "teacher",
-        device=device,
-    )
-    summary = rollouts.summary()
-    return rollouts, {
-        "episodes": summary["episodes"],
-        "env_steps": summary["env_steps"],
-        "rollout/success_rate": summary["success_rate"],
-        "rollout/return": summary["return"],
-        "rollout/length": summary["length"],
-    }
+    try:
+        source.check(policy, device)
+    except ValueError as error:
+        raise ValueError(f"updater {updater.name!r}: {error}") from None
 
 
 def optimise(policy: Policy, updater: Updater, batch: Batch, optimizer: torch.optim.Optimizer, step: int,
@@ -313,7 +283,7 @@ def optimise(policy: Policy, updater: Updater, batch: Batch, optimizer: torch.op
     ``grad_accum`` minibatches. Returns the mean of every loss term over the minibatches, the mean
     gradient norm (before clipping) and the learning rate, and the new step count. A batch without rows
     (no successful episode for ``rft``) makes no update but the schedule's clock still advances."""
-    c = updater.config
+    c = updater.config.optim
     params = policy.trainable_parameters()
     sums: dict[str, float] = defaultdict(float)
     counts: dict[str, int] = defaultdict(int)
@@ -325,8 +295,8 @@ def optimise(policy: Policy, updater: Updater, batch: Batch, optimizer: torch.op
             if len(rows):
                 terms = updater.loss(policy, batch.select(rows).to(device))
                 if not bool(torch.isfinite(terms["loss"])):
-                    raise NonFinite(f"the loss is {float(terms['loss'])} (terms: "
-                                    f"{ {k: float(v) for k, v in terms.items()} })")
+                    raise NonFinite(f"the loss is {float(terms['loss'].detach())} (terms: "
+                                    f"{ {k: float(v.detach()) for k, v in terms.items()} })")
                 (terms["loss"] / c.grad_accum).backward()
                 for name, value in terms.items():
                     sums[name] += float(value.detach())

@@ -10,7 +10,7 @@ import math
 
 import torch
 
-from vla_cl.updaters.base import SCHEDULES, UpdaterConfig
+from vla_cl.updaters.base import SCHEDULES, OptimizerConfig
 
 
 def lr_factor(schedule: str, step: int, total: int, warmup: int = 0) -> float:
@@ -33,14 +33,14 @@ def lr_factor(schedule: str, step: int, total: int, warmup: int = 0) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def make_optimizer(parameters: list[torch.nn.Parameter], config: UpdaterConfig) -> torch.optim.AdamW:
+def make_optimizer(parameters: list[torch.nn.Parameter], config: OptimizerConfig) -> torch.optim.AdamW:
     if not parameters:
         raise ValueError("the policy has no trainable parameters")
     # foreach: one fused update over all tensors (on a CPU it is several times faster for small models)
     return torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay, foreach=True)
 
 
-def set_lr(optimizer: torch.optim.Optimizer, config: UpdaterConfig, step: int, total: int) -> float:
+def set_lr(optimizer: torch.optim.Optimizer, config: OptimizerConfig, step: int, total: int) -> float:
     lr = config.lr * lr_factor(config.schedule, step, total, config.warmup_steps)
     for group in optimizer.param_groups:
         group["lr"] = lr

@@ -9,7 +9,8 @@
   from the same initial state (same reset seed), so that the initial state's difficulty cancels out.
 
 REINFORCE and GRPO take one gradient pass by default; with ``update_epochs`` > 1 the later passes use
-the clipped per-token ratio against the collecting policy (PPO-style), because the samples are stale.
+the clipped per-token ratio against the collecting policy (``token_clip_eps``, GRPO's per-token clip),
+because the samples are stale; PPO's ``clip_eps`` clips the whole action's ratio instead.
 """
 
 from __future__ import annotations
@@ -22,7 +23,16 @@ import torch
 from vla_cl.config import option, require
 from vla_cl.kl import action_log_probs
 from vla_cl.updaters.advantages import bootstrap_values, gae, standardize
-from vla_cl.updaters.base import REDUCTION, RolloutConfig, Updater
+from vla_cl.updaters.base import (
+    EPISODES_HELP,
+    KL_COEF_HELP,
+    NAME_HELP,
+    REDUCTION,
+    OptimizerConfig,
+    Updater,
+    check_common,
+    optimizer,
+)
 from vla_cl.updaters.data import Batch, Rollouts, batched
 from vla_cl.updaters.losses import (
     Terms,
@@ -44,11 +54,12 @@ def policy_device(policy) -> torch.device:
 
 
 @dataclasses.dataclass
-class PPOConfig(RolloutConfig):
-    lr: float = option(3e-4, "AdamW learning rate (peak, after warmup)")
-    minibatches: int = option(4, "minibatches per pass over an iteration's data")
-    update_epochs: int = option(4, "passes over each iteration's data")
-    clip_eps: float = option(0.2, "clip the action probability ratio pi/pi_old to 1 +- clip_eps")
+class PPOConfig:
+    name: str = option("ppo", NAME_HELP)
+    optim: OptimizerConfig = optimizer(lr=3e-4, minibatches=4, update_epochs=4)
+    episodes: int = option(8, EPISODES_HELP)
+    kl_coef: float = option(0.0, KL_COEF_HELP)
+    clip_eps: float = option(0.2, "clip the whole action's probability ratio pi/pi_old to 1 +- clip_eps")
     value_clip: float | None = option(None, "clip each value's change per iteration to +- this (None = off)")
     vf_coef: float = option(0.5, "weight of the value loss 1/2 (V - R)^2")
     ent_coef: float = option(0.0, "weight of the entropy bonus")
@@ -57,7 +68,7 @@ class PPOConfig(RolloutConfig):
     normalize_advantages: bool = option(True, "standardise the advantages over each iteration's batch")
 
     def __post_init__(self) -> None:
-        super().__post_init__()
+        check_common(self, "ppo")
         require(0 < self.clip_eps < 1, "clip_eps", self.clip_eps, "0 < clip_eps < 1")
         if self.value_clip is not None:
             require(self.value_clip > 0, "value_clip", self.value_clip, "> 0, or None for no value clipping")
@@ -70,7 +81,6 @@ class PPOConfig(RolloutConfig):
 class PPO(Updater):
     name = "ppo"
     config_class = PPOConfig
-    source = "rollouts"
     needs_value_head = True
 
     def prepare(self, policy, data: Rollouts) -> Batch:
@@ -85,16 +95,15 @@ class PPO(Updater):
                                   c.gamma, c.gae_lambda)
         if c.normalize_advantages:
             advantages = standardize(advantages)
-        fields = {"advantages": advantages, "returns": returns, "old_log_probs": old_log_probs,
-                  "old_values": values}
-        return Batch(data.obs, data.tokens, fields)
+        return Batch(data.obs, data.tokens, advantages=advantages, returns=returns, old_log_probs=old_log_probs,
+                     old_values=values)
 
     def objective(self, policy, batch: Batch, logits: torch.Tensor) -> Terms:
-        c, f = self.config, batch.fields
+        c, b = self.config, batch
         log_probs = action_log_probs(logits, batch.tokens, policy.action_support).sum(-1)
         return combine(
-            ppo_policy_loss(log_probs, f["old_log_probs"], f["advantages"], c.clip_eps),
-            value_loss(policy.value(batch.obs), f["returns"], f["old_values"], c.value_clip, c.vf_coef),
+            ppo_policy_loss(log_probs, b.old_log_probs, b.advantages, c.clip_eps),
+            value_loss(policy.value(batch.obs), b.returns, b.old_values, c.value_clip, c.vf_coef),
             entropy_bonus(logits, c.ent_coef, reduction=REDUCTION, support=policy.action_support),
         )
 
@@ -102,14 +111,8 @@ class PPO(Updater):
 # ------------------------------------------------------------------------------------------ REINFORCE, GRPO
 
 
-@dataclasses.dataclass
-class PolicyGradientConfig(RolloutConfig):
-    lr: float = option(3e-4, "AdamW learning rate (peak, after warmup)")
-    clip_eps: float = option(0.2, "per-token ratio clipping on passes after the first (update_epochs > 1)")
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        require(0 < self.clip_eps < 1, "clip_eps", self.clip_eps, "0 < clip_eps < 1")
+# Per token, as GRPO (DeepSeekMath) clips: not PPO's whole-action clip_eps (see losses' docstring).
+CLIP_HELP = "clip each token's ratio pi/pi_old to 1 +- this on passes after the first (optim.update_epochs > 1)"
 
 
 class PolicyGradient(Updater):
@@ -120,26 +123,35 @@ class PolicyGradient(Updater):
         """One advantage per episode (E,)."""
 
     def prepare(self, policy, data: Rollouts) -> Batch:
-        fields = {"advantages": self.episode_advantages(data)[data.episode].float()}
-        if self.config.update_epochs > 1:
-            fields["old_log_probs"] = batched(policy.log_probs, data.obs, data.tokens, policy_device(policy))
-        return Batch(data.obs, data.tokens, fields)
+        old = batched(policy.log_probs, data.obs, data.tokens, policy_device(policy)) \
+            if self.config.optim.update_epochs > 1 else None
+        return Batch(data.obs, data.tokens, advantages=self.episode_advantages(data)[data.episode].float(),
+                     old_log_probs=old)
 
     def objective(self, policy, batch: Batch, logits: torch.Tensor) -> Terms:
         return policy_gradient_loss(
             logits,
             batch.tokens,
-            batch.fields["advantages"],
-            old_log_probs=batch.fields.get("old_log_probs"),
-            clip_eps=self.config.clip_eps,
+            batch.advantages,
+            old_log_probs=batch.old_log_probs,
+            token_clip_eps=self.config.token_clip_eps,
             reduction=REDUCTION,
             support=policy.action_support,
         )
 
 
 @dataclasses.dataclass
-class ReinforceConfig(PolicyGradientConfig):
+class ReinforceConfig:
+    name: str = option("reinforce", NAME_HELP)
+    optim: OptimizerConfig = optimizer(lr=3e-4)
+    episodes: int = option(8, EPISODES_HELP)
+    kl_coef: float = option(0.0, KL_COEF_HELP)
+    token_clip_eps: float = option(0.2, CLIP_HELP)
     normalize: bool = option(True, "divide the centred returns by the batch's return std")
+
+    def __post_init__(self) -> None:
+        check_common(self, "reinforce")
+        require(0 < self.token_clip_eps < 1, "token_clip_eps", self.token_clip_eps, "0 < token_clip_eps < 1")
 
 
 class Reinforce(PolicyGradient):
@@ -151,12 +163,18 @@ class Reinforce(PolicyGradient):
 
 
 @dataclasses.dataclass
-class GRPOConfig(PolicyGradientConfig):
+class GRPOConfig:
+    name: str = option("grpo", NAME_HELP)
+    optim: OptimizerConfig = optimizer(lr=3e-4)
+    episodes: int = option(8, EPISODES_HELP)
+    kl_coef: float = option(0.0, KL_COEF_HELP)
+    token_clip_eps: float = option(0.2, CLIP_HELP)
     group_size: int = option(4, "episodes per group, all from the same initial state (reset seed)")
     scale: bool = option(True, "divide by the group's return std (False: Dr. GRPO's centring only)")
 
     def __post_init__(self) -> None:
-        super().__post_init__()
+        check_common(self, "grpo")
+        require(0 < self.token_clip_eps < 1, "token_clip_eps", self.token_clip_eps, "0 < token_clip_eps < 1")
         require(self.group_size >= 2, "group_size", self.group_size, "an integer >= 2")
         require(self.episodes % self.group_size == 0, "episodes", self.episodes,
                 f"a multiple of group_size ({self.group_size})")

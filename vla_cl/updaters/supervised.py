@@ -37,9 +37,20 @@ import torch
 
 from vla_cl.config import option, require, require_choice
 from vla_cl.kl import resolve_support
-from vla_cl.updaters.base import REDUCTION, DatasetConfig, RolloutConfig, Updater
+from vla_cl.updaters.base import (
+    BATCH_SIZE_HELP,
+    EPISODES_HELP,
+    KL_COEF_HELP,
+    NAME_HELP,
+    REDUCTION,
+    OptimizerConfig,
+    Updater,
+    check_common,
+    optimizer,
+)
 from vla_cl.updaters.data import Batch, Rollouts, batched
-from vla_cl.updaters.losses import Terms, gaussian_token_targets, sft_loss
+from vla_cl.updaters.losses import Terms, gaussian_token_targets, restricted_targets, sft_loss
+from vla_cl.updaters.sources import Demonstrations, TeacherEpisodes
 
 DISTILL_TARGETS = ("distribution", "tokens")
 
@@ -48,15 +59,16 @@ def acceptable_token_targets(
     base_logits: torch.Tensor, tokens: torch.Tensor, window: int, support=None
 ) -> torch.Tensor:
     """pi0's distribution at each position restricted to the tokens within ``window`` ids of ``tokens``
-    (vocabulary ids, shape ``base_logits.shape[:-1]``) and renormalised; shape (..., S) over the support."""
+    (vocabulary ids, shape ``base_logits.shape[:-1]``) and renormalised; shape (..., S) over the support
+    (``losses.restricted_targets`` with the window as the allowed set)."""
     if window < 0:
         raise ValueError(f"window must be >= 0, got {window!r}")
     if tokens.shape != base_logits.shape[:-1]:
         raise ValueError(f"tokens must have shape {tuple(base_logits.shape[:-1])}, got {tuple(tokens.shape)}")
     columns = resolve_support(support, base_logits.shape[-1])
-    base = base_logits.detach()[..., columns].float()
-    offsets = torch.arange(base.shape[-1], device=base.device) - (tokens.long() - columns.start).unsqueeze(-1)
-    return torch.softmax(base.masked_fill(offsets.abs() > window, float("-inf")), dim=-1)
+    n_support = columns.stop - columns.start
+    offsets = torch.arange(n_support, device=base_logits.device) - (tokens.long() - columns.start).unsqueeze(-1)
+    return restricted_targets(base_logits, offsets.abs() <= window, columns)
 
 
 def cross_entropy(policy, logits: torch.Tensor, targets: torch.Tensor) -> Terms:
@@ -66,20 +78,27 @@ def cross_entropy(policy, logits: torch.Tensor, targets: torch.Tensor) -> Terms:
 # ------------------------------------------------------------------------------------------ demonstrations
 
 
+SIGMA_HELP = ("Gaussian soft labels around the demonstrated token, sigma in bins (0 = hard labels); see "
+              "losses.gaussian_token_targets")
+
+
 @dataclasses.dataclass
-class SFTConfig(DatasetConfig):
-    label_sigma: float = option(0.0, "Gaussian soft labels around the demonstrated token, sigma in bins "
-                                "(0 = hard labels); see losses.gaussian_token_targets")
+class SFTConfig:
+    name: str = option("sft", NAME_HELP)
+    optim: OptimizerConfig = optimizer(minibatches=4)
+    batch_size: int = option(256, BATCH_SIZE_HELP)
+    kl_coef: float = option(0.0, KL_COEF_HELP)
+    label_sigma: float = option(0.0, SIGMA_HELP)
 
     def __post_init__(self) -> None:
-        super().__post_init__()
+        check_common(self, "sft")
         require(self.label_sigma >= 0, "label_sigma", self.label_sigma, ">= 0 bins (0 = hard labels)")
 
 
 class SFT(Updater):
     name = "sft"
     config_class = SFTConfig
-    source = "demos"
+    source = Demonstrations
 
     def prepare(self, policy, data: Batch) -> Batch:
         return data
@@ -91,11 +110,16 @@ class SFT(Updater):
 
 
 @dataclasses.dataclass
-class SFTKLConfig(SFTConfig):
+class SFTKLConfig:
+    name: str = option("sft_kl", NAME_HELP)
+    optim: OptimizerConfig = optimizer(minibatches=4)
+    batch_size: int = option(256, BATCH_SIZE_HELP)
     kl_coef: float = option(0.1, "beta: weight of KL(pi0 || pi) on the demonstration states (> 0)")
+    label_sigma: float = option(0.0, SIGMA_HELP)
 
     def __post_init__(self) -> None:
-        super().__post_init__()
+        check_common(self, "sft_kl")
+        require(self.label_sigma >= 0, "label_sigma", self.label_sigma, ">= 0 bins (0 = hard labels)")
         require(self.kl_coef > 0, "kl_coef", self.kl_coef, "> 0 (use updater=sft for no KL term)")
 
 
@@ -105,42 +129,51 @@ class SFTKL(SFT):
 
 
 @dataclasses.dataclass
-class OracleSFTConfig(DatasetConfig):
+class OracleSFTConfig:
+    name: str = option("oracle_sft", NAME_HELP)
+    optim: OptimizerConfig = optimizer(minibatches=4)
+    batch_size: int = option(256, BATCH_SIZE_HELP)
+    kl_coef: float = option(0.0, KL_COEF_HELP)
     window: int = option(2, "acceptable tokens: the demonstrated one and this many bins either side")
 
     def __post_init__(self) -> None:
-        super().__post_init__()
+        check_common(self, "oracle_sft")
         require(self.window >= 0, "window", self.window, "an integer >= 0 (0 = plain SFT)")
 
 
 class OracleSFT(Updater):
     name = "oracle_sft"
     config_class = OracleSFTConfig
-    source = "demos"
+    source = Demonstrations
 
     def prepare(self, policy, data: Batch) -> Batch:
         device = next(policy.parameters()).device
         with policy.reference():
             base_logits = batched(policy.action_logits, data.obs, data.tokens, device)
         targets = acceptable_token_targets(base_logits, data.tokens, self.config.window, policy.action_support)
-        return Batch(data.obs, data.tokens, {"targets": targets})
+        return Batch(data.obs, data.tokens, targets=targets)
 
     def objective(self, policy, batch: Batch, logits: torch.Tensor) -> Terms:
-        return cross_entropy(policy, logits, batch.fields["targets"])
+        return cross_entropy(policy, logits, batch.targets)
 
 
 # ------------------------------------------------------------------------------------------ rollouts
 
 
 @dataclasses.dataclass
-class RFTConfig(RolloutConfig):
-    pass
+class RFTConfig:
+    name: str = option("rft", NAME_HELP)
+    optim: OptimizerConfig = optimizer()
+    episodes: int = option(8, EPISODES_HELP)
+    kl_coef: float = option(0.0, KL_COEF_HELP)
+
+    def __post_init__(self) -> None:
+        check_common(self, "rft")
 
 
 class RFT(Updater):
     name = "rft"
     config_class = RFTConfig
-    source = "rollouts"
 
     def prepare(self, policy, data: Rollouts) -> Batch:
         return data.rows(data.success)
@@ -150,24 +183,28 @@ class RFT(Updater):
 
 
 @dataclasses.dataclass
-class DistillConfig(RolloutConfig):
+class DistillConfig:
+    name: str = option("distill", NAME_HELP)
+    optim: OptimizerConfig = optimizer()
+    episodes: int = option(8, EPISODES_HELP)
+    kl_coef: float = option(0.0, KL_COEF_HELP)
     targets: str = option("distribution", "learn the teacher's token distribution or the tokens it took")
     only_success: bool = option(False, "learn only from the teacher's successful episodes")
     teacher_greedy: bool = option(False, "the teacher acts greedily (argmax) instead of sampling")
 
     def __post_init__(self) -> None:
-        super().__post_init__()
+        check_common(self, "distill")
         require_choice("targets", self.targets, DISTILL_TARGETS)
 
 
 class Distill(Updater):
     name = "distill"
     config_class = DistillConfig
-    source = "teacher"
+    source = TeacherEpisodes
 
     def prepare(self, policy, data: Rollouts) -> Batch:
         return data.rows(data.success if self.config.only_success else None)
 
     def objective(self, policy, batch: Batch, logits: torch.Tensor) -> Terms:
-        targets = batch.fields["probs"] if self.config.targets == "distribution" else batch.tokens
+        targets = batch.targets if self.config.targets == "distribution" else batch.tokens
         return cross_entropy(policy, logits, targets)
