@@ -54,3 +54,42 @@ def test_degenerate_input_raises_clearly(x, y, kwargs, match):
 def test_rank_names_the_predictor_that_failed():
     with pytest.raises(ValueError, match="predictor 'flat'.*x is constant"):
         rank_predictors({"kl": [0, 1, 2, 3], "flat": [5, 5, 5, 5]}, [0, 1, 4, 9])
+
+
+# ------------------------------------------------------------------------------------------ how far to trust a fit
+
+
+def test_fit_trust_matches_independent_formulas():
+    """Adjusted R^2 by its formula, leave-one-out R^2 by the hat matrix's PRESS (no refits), Spearman by scipy."""
+    from scipy.stats import spearmanr
+
+    from vla_cl.kl.fit import fit_trust
+
+    rng = np.random.default_rng(3)
+    x = rng.uniform(0, 3, 20)
+    y = 0.2 * x**2 - 0.1 * x + rng.normal(0, 0.3, 20)
+    trust = fit_trust(x, y, 2, resamples=400)
+    n, p = 20, 3
+    assert trust.adjusted_r2 == pytest.approx(1 - (1 - trust.r2) * (n - 1) / (n - p))
+    design = np.vander(x, 3)
+    hat = design @ np.linalg.solve(design.T @ design, design.T)
+    residuals = y - hat @ y
+    press = np.sum((residuals / (1 - np.diag(hat))) ** 2)
+    assert trust.loo_r2 == pytest.approx(1 - press / np.sum((y - y.mean()) ** 2))
+    assert trust.spearman == pytest.approx(spearmanr(x, y).statistic)
+    assert trust.r2_low < trust.r2 < trust.r2_high and trust.loo_r2 < trust.adjusted_r2 < trust.r2
+
+
+def test_a_fit_to_noise_is_shown_for_what_it_is():
+    """On pure noise a 3-parameter curve through 8 points wins R^2 (p - 1) / (n - 1) = 0.29 on average by its
+    parameters alone; the adjusted R^2 averages 0 and the leave-one-out R^2 lies below it."""
+    from vla_cl.kl.fit import fit_trust
+
+    rng = np.random.default_rng(0)
+    fits = [fit_trust(rng.normal(size=8), rng.normal(size=8), 2, resamples=50) for _ in range(300)]
+    assert np.mean([f.r2 for f in fits]) == pytest.approx(2 / 7, abs=0.04)
+    assert abs(np.mean([f.adjusted_r2 for f in fits])) < 0.05
+    assert np.mean([f.loo_r2 for f in fits]) < -0.3
+    exact = fit_trust([0.0, 1.0, 2.0, 3.0, 4.0], [0.0, 1.0, 4.0, 9.0, 16.0], 2)
+    assert exact.r2 == pytest.approx(1.0) and exact.loo_r2 == pytest.approx(1.0)
+    assert fit_trust([0.0, 1.0, 2.0], [0.0, 1.0, 4.0], 2).adjusted_r2 is None  # n = p: nothing left to adjust

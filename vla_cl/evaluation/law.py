@@ -7,7 +7,9 @@ its reset seed, an LLM benchmark item's score keyed by its id), forgetting = the
 pi0's score minus the model's on the examples both ran, and every predictor (``vla_cl.kl.compare.PREDICTORS``).
 
 * ``r2_table``: forgetting fitted against each predictor with a 2nd-degree polynomial across the points,
-  R^2 = 1 - SS_res / SS_tot on the fitted points (the paper's protocol; ``vla_cl.kl.fit_forgetting``).
+  R^2 = 1 - SS_res / SS_tot on the fitted points (the paper's protocol; ``vla_cl.kl.fit_forgetting``);
+  ``r2_trust_table`` beside it: adjusted and leave-one-out R^2, a bootstrap interval over the points and
+  Spearman's rank correlation (``vla_cl.kl.fit.fit_trust``), for fits of a 3-parameter curve on a few points.
 * ``pareto``: the points of a family no other point of it beats on both new-task score and mean retention.
 * ``matched``: at a level a, a family's forgetting is that of its point with new-task score >= a that forgot
   least (pi0 counts for a <= its own score: forgetting 0); its interval is the paired stratified bootstrap
@@ -29,6 +31,7 @@ import numpy as np
 
 from vla_cl.kl import fit_forgetting
 from vla_cl.kl.compare import PREDICTORS
+from vla_cl.kl.fit import fit_trust
 from vla_cl.stats import Interval, paired_bootstrap_mean_difference
 
 Outcomes = Mapping[str, Mapping[Hashable, float]]  # retention task -> example id -> score in [0, 1]
@@ -97,6 +100,19 @@ def r2_table(points: list[Point]) -> dict[str, float | None]:
         x = np.asarray([p.predictors.get(name, np.nan) for p in points], dtype=float)
         try:
             out[name] = float(fit_forgetting(x, y, 2).r2)
+        except ValueError:
+            out[name] = None
+    return out
+
+
+def r2_trust_table(points: list[Point]) -> dict[str, dict[str, Any] | None]:
+    """For each predictor, how far its R^2 can be trusted (``vla_cl.kl.fit.fit_trust``; None: no fit)."""
+    y = np.asarray([p.forgetting for p in points])
+    out: dict[str, dict[str, Any] | None] = {}
+    for name in PREDICTORS:
+        x = np.asarray([p.predictors.get(name, np.nan) for p in points], dtype=float)
+        try:
+            out[name] = fit_trust(x, y, 2).to_dict()
         except ValueError:
             out[name] = None
     return out
@@ -179,6 +195,7 @@ def analyse(pi0: Point, points: list[Point], retention_tasks: list[str], levels:
         "points": [p.to_dict() for p in points],
         "r2": r2_table(points),
         "r2_final": r2_table(finals),
+        "r2_trust": r2_trust_table(points),
         "fit_forward_kl_new": fit_curve(points),
         "pareto": {family: [p.key for p in pareto([q for q in points if q.family == family])]
                    for family in sorted({p.family for p in points})},

@@ -102,6 +102,24 @@ def plot_r2(law: dict, path: Path, finals_label: str = "final policies only") ->
     save(fig, ax, path, legend={"fontsize": 8}, grid=False)
 
 
+def r2_rows(law: dict, paper: dict[str, float], final_label: str, paper_label: str) -> str:
+    """The report's R^2 table as HTML: per predictor the in-sample R^2 over all points, how far it can be
+    trusted (``law["r2_trust"]``: adjusted, leave-one-out, bootstrap interval, Spearman; absent in older
+    ``law.json`` files), the R^2 over final models and the paper's value where there is one."""
+    import html
+
+    trust = lambda n, key: fmt((law.get("r2_trust", {}).get(n) or {}).get(key))
+    rows = [[html.escape(n), fmt(law["r2"].get(n)), trust(n, "adjusted_r2"), trust(n, "loo_r2"),
+             f"{trust(n, 'r2_low')} to {trust(n, 'r2_high')}", trust(n, "spearman"), fmt(law["r2_final"].get(n)),
+             fmt(paper.get(n), 2)] for n in PREDICTORS]
+    header = ["predictor", "all points", "adjusted", "leave-one-out", "95 % interval (bootstrap over points)",
+              "Spearman", final_label, paper_label]
+    note = ("<p>A 3-parameter curve fitted to a few points: the adjusted and leave-one-out R<sup>2</sup>, the "
+            "interval and the rank correlation say how far the in-sample R<sup>2</sup> can be trusted "
+            "(<code>vla_cl.kl.fit.fit_trust</code>).</p>")
+    return table(header, rows) + "\n" + note
+
+
 def fmt(value: float | None, digits: int = 3) -> str:
     """A number for a report table ("n/a" when it could not be computed)."""
     return "n/a" if value is None else f"{value:.{digits}f}"

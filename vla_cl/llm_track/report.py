@@ -13,9 +13,16 @@ import os
 from pathlib import Path
 from typing import Any
 
-from vla_cl.evaluation.law_plots import fmt, plot_forgetting_vs_kl, plot_pareto, plot_r2, pyplot, save, table
+from vla_cl.evaluation.law_plots import (
+    plot_forgetting_vs_kl,
+    plot_pareto,
+    plot_r2,
+    pyplot,
+    r2_rows,
+    save,
+    table,
+)
 from vla_cl.files import write_json_atomic, write_text_atomic
-from vla_cl.kl.compare import PREDICTORS
 from vla_cl.llm_track.train import points_of
 from vla_cl.runs import latest_report
 
@@ -58,8 +65,6 @@ def page(config: Any, law: dict, pi0_result: dict, evaluations: dict[str, dict],
                      f"{p['new_task_success']:.3f}", *[f"{p['retention'][b]:.3f}" for b in benchmarks],
                      f"{p['forgetting']:+.3f}", f"{kl['forward_kl']:.4f} +- {kl['forward_kl_se']:.4f}",
                      f"{kl['monte_carlo_kl']:.4f} +- {kl['monte_carlo_kl_se']:.4f}"])
-    r2_rows = [[e(n), fmt(law["r2"].get(n)), fmt(law["r2_final"].get(n)), fmt(PAPER_R2_LLM.get(n), 2)]
-               for n in PREDICTORS]
     matched_rows = []
     for family, entries in law["matched"]["families"].items():
         for r in entries:
@@ -95,7 +100,7 @@ responses sampled from pi0 on held-out new-task prompts.</p>
 <img src="{ASSETS}/kl_training.png" alt="forward KL during training" width="620">
 <img src="{ASSETS}/r2.png" alt="R squared per predictor" width="620">
 <h3>R<sup>2</sup> of each predictor (2nd-degree fit of forgetting)</h3>
-{table(["predictor", "all points", "final models", "paper (LLMs)"], r2_rows)}
+{r2_rows(law, PAPER_R2_LLM, "final models", "paper (LLMs)")}
 <h3>Forgetting at matched new-task reward</h3>
 {table(["method", "new-task reward at least", "least-forgetting model", "forgetting vs pi0 (95 % CI)"], matched_rows)}
 <h2>pi0's replies (first held-out examples)</h2><ul>{samples}</ul>
@@ -124,7 +129,7 @@ def write(config: Any, law: dict, pi0_result: dict, runs: list[dict], run_dir: A
                "retention_sources": {b: {"label": v.get("label"), "stand_in": v.get("stand_in")}
                                      for b, v in pi0_result["retention"].items()},
                "forward_kl": {k: v["predictors"]["kl_new"] for k, v in evaluations.items()},
-               "r2": law["r2"], "r2_final_only": law["r2_final"], "pareto": law["pareto"], "matched": law["matched"],
+               "r2": law["r2"], "r2_final_only": law["r2_final"], "r2_trust": law.get("r2_trust"), "pareto": law["pareto"], "matched": law["matched"],
                "finding": law["finding"], "razor_report": razor_link,
                "config": json.loads(json.dumps(config, default=lambda o: getattr(o, "__dict__", str(o))))}
     write_json_atomic(run_dir.path / "summary.json", summary)

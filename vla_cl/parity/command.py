@@ -70,7 +70,7 @@ def run(config: ParityConfig, run_dir: RunDir) -> int:
         f"[parity] {len(specs)} fine-tuning runs on {min(workers, len(specs))} worker process(es)", flush=True
     )
     initargs = (config.data, config.finetune, config.seed, run_dir.artifacts, runs_dir)
-    records = run_sweep(specs, initargs, runs_dir, workers, run_dir)
+    records = run_sweep(specs, initargs, runs_dir, workers, run_dir, progress=config.sweep.progress)
 
     summary = report.summarize(
         records,

@@ -60,6 +60,7 @@ class SweepConfig:
     workers: int = option(
         0, "worker processes (0: one per available CPU core; 1: run in this process)", affects_results=False
     )
+    progress: bool = option(True, "show a progress bar over the runs", affects_results=False)
 
     def __post_init__(self) -> None:
         methods = list(self.methods)
@@ -237,7 +238,7 @@ def run_one(spec: RunSpec) -> dict:
 
 
 def run_sweep(
-    specs: list[RunSpec], initargs: tuple, runs_dir: Path, workers: int, run_dir: RunDir
+    specs: list[RunSpec], initargs: tuple, runs_dir: Path, workers: int, run_dir: RunDir, progress: bool = True
 ) -> list[dict]:
     """Run every spec without a result file, ``workers`` processes at a time, with a progress bar; return
     the records of all specs (finished earlier or now), in ``specs`` order."""
@@ -256,7 +257,8 @@ def run_sweep(
     workers = max(1, min(workers, len(todo)))
 
     with tqdm(
-        total=len(specs), initial=finished, desc="parity runs", unit="run", file=sys.stderr, mininterval=1.0
+        total=len(specs), initial=finished, desc="parity runs", unit="run", file=sys.stderr, mininterval=1.0,
+        disable=not progress,
     ) as bar:
 
         def done(record: dict) -> None:

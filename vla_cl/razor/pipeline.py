@@ -47,12 +47,13 @@ def stage_mechanism(config: RazorConfig, folder: Path) -> dict:
     from vla_cl.parity.command import run as run_parity
 
     cfg = build_config(ParityConfig, *config_layers("parity", {"preset": config.parity_preset}),
-                       {"seed": config.seed, "sweep": {"workers": config.parity_workers}, "out_dir": str(folder)})
+                       {"seed": config.seed, "sweep": {"workers": config.parity_workers, "progress": config.progress},
+                        "out_dir": str(folder)})
     with RunDir.open(cfg.out_dir, "parity", cfg) as run_dir:
         status = run_parity(cfg, run_dir)
     summary = json.loads((folder / "summary.json").read_text())
     r2 = summary.get("r2", {}).get("forward_kl_new")
-    log(f"[razor]   ParityMNIST R^2 of the forward KL on the new task: {r2}")
+    log(f"[razor]   ParityMNIST R^2 of the forward KL on the new task: {'n/a' if r2 is None else f'{r2:.3f}'}")
     return {"status": int(status or 0), "r2_forward_kl_new": r2}
 
 

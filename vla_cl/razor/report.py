@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from vla_cl.evaluation.law_plots import fmt, plot_forgetting_vs_kl, plot_pareto, plot_r2, table
+from vla_cl.evaluation.law_plots import fmt, plot_forgetting_vs_kl, plot_pareto, plot_r2, r2_rows, table
 from vla_cl.evaluation.results import read_result
 from vla_cl.evaluation.suite import AXES
 from vla_cl.files import write_json_atomic, write_text_atomic
@@ -63,8 +63,11 @@ def analyse(config: Any, pi0_folder: str, trials: list[dict], evaluations: Path,
     }
     write_json_atomic(folder / "law.json", out)
     for name in ("forward_kl_new", *[n for n in PREDICTORS if n != "forward_kl_new"]):
-        value = out["r2"][name]
-        print(f"[razor]   R^2 {name}: {'n/a' if value is None else f'{value:.3f}'}", flush=True)
+        value, trust = out["r2"][name], out["r2_trust"].get(name)
+        print(f"[razor]   R^2 {name}: {'n/a' if value is None else f'{value:.3f}'}"
+              + (f" (leave-one-out {fmt(trust['loo_r2'])}, 95 % interval {fmt(trust['r2_low'])} to "
+                 f"{fmt(trust['r2_high'])}, Spearman {fmt(trust['spearman'])}; {trust['n']} points)" if trust else ""),
+              flush=True)
     print(f"[razor]   {out['finding']['statement']}", flush=True)
     return out
 
@@ -209,8 +212,6 @@ def page(config: Any, law: dict, results: dict[str, Any], clips: list[dict], tim
             matched_rows.append([e(FAMILY_LABELS.get(family, family)), f"{r['level']:.0%}",
                                  e(names.get(r.get("point"), "not reached")) if r["reached"] else "not reached",
                                  "" if not r["reached"] else f"{f['estimate']:+.3f} ({f['low']:+.3f} to {f['high']:+.3f})"])
-    r2_rows = [[e(n), fmt(law["r2"].get(n)), fmt(law["r2_final"].get(n)), fmt(PAPER_R2.get(n), 2)]
-               for n in PREDICTORS]
     run_rows = [[e(p["method"]), e(p["setting"]), str(p["checkpoint_step"]) + ("" if not p["final"] else " (final)"),
                  f"{p['new_task_success']:.0%}", *[f"{p['retention'][t]:.0%}" for t in tasks],
                  f"{p['forgetting']:+.3f}", fmt(p["forward_kl_new"])] for p in law["points"]]
@@ -253,7 +254,7 @@ Design targets: {", ".join(f"{e(k)}: {'met' if v else 'MISSED'}" for k, v in che
 <img src="{ASSETS}/forgetting_vs_kl.png" alt="forgetting against the forward KL on the new task" width="620">
 <img src="{ASSETS}/r2.png" alt="R squared per predictor" width="620">
 <h3>R<sup>2</sup> of each predictor (2nd-degree fit of forgetting)</h3>
-{table(["predictor", "all points", "final policies", "paper (ParityMNIST)"], r2_rows)}
+{r2_rows(law, PAPER_R2, "final policies", "paper (ParityMNIST)")}
 <p>ParityMNIST mechanism check in this run: R<sup>2</sup>(forward KL on the new task) = {fmt(parity_r2)}.</p>
 <h3>Forgetting at matched new-task success</h3>
 {table(["method", "new-task success at least", "least-forgetting policy", "forgetting vs pi0 (95 % CI)"], matched_rows)}
@@ -291,6 +292,7 @@ def write(config: Any, pi0: str, trials: list[dict], law: dict, run_dir: Any, fo
     parity_r2 = json.loads(parity.read_text())["result"].get("r2_forward_kl_new") if parity.exists() else None
     summary = {"new_task": config.new_task, "retention_tasks": law["retention_tasks"], "pi0": law["pi0"],
                "runs": law["points"], "r2": law["r2"], "r2_final_only": law["r2_final"],
+               "r2_trust": law.get("r2_trust"),
                "pareto": law["pareto"], "matched": law["matched"], "finding": law["finding"],
                "episodes": law["episodes"], "design_checks": law["design_checks"], "videos": clips,
                "parity_r2_forward_kl_new": parity_r2, "setting": setting(config),
