@@ -183,6 +183,38 @@ def test_kl_callback_values_equal_a_float64_brute_force_recomputation(tiny, tmp_
                                 ModelConfig(name="tiny-random-qwen2")), probe).forward_kl.mean == 0.0
 
 
+def test_the_probe_samples_pi0s_own_distribution_whatever_the_models_generation_config(tiny):
+    """A hub model's generation_config (here: n-gram blocking and a repetition penalty) would reshape every
+    sample generate() draws; the probe's responses are drawn with none of it, exactly as from a model whose
+    generation_config is transformers' defaults."""
+    from transformers import GenerationConfig
+
+    from vla_cl.llm_track.tasks import all_examples
+
+    model, tokenizer = tiny
+    examples = all_examples(preset("capitals"))[:2]
+    saved = model.generation_config
+    try:
+        model.generation_config = GenerationConfig()
+        plain = [generate_responses(model, tokenizer, examples, 2, 8, seed=0, greedy=greedy, base=False)
+                 for greedy in (True, False)]
+        model.generation_config = GenerationConfig(no_repeat_ngram_size=1, repetition_penalty=50.0)
+        shaped = [generate_responses(model, tokenizer, examples, 2, 8, seed=0, greedy=greedy, base=False)
+                  for greedy in (True, False)]
+        assert model.generation_config.no_repeat_ngram_size == 1  # restored after sampling
+        for a, b in zip(plain, shaped):
+            assert torch.equal(a.tokens, b.tokens) and torch.equal(a.response_mask, b.response_mask)
+        # the settings do change what generate() draws when left in place (so the equality above is not vacuous)
+        encoded = tokenizer(["Q: what is the capital of France?"], return_tensors="pt")
+        with torch.no_grad():
+            blocked = model.generate(**encoded, max_new_tokens=8, do_sample=False)
+            model.generation_config = GenerationConfig()
+            free = model.generate(**encoded, max_new_tokens=8, do_sample=False)
+        assert not torch.equal(blocked, free)
+    finally:
+        model.generation_config = saved
+
+
 def _tiny_vocab_pair(vocab=5, seed=0):
     """A 1-layer Qwen2 over a 5-token vocabulary with a perturbed LoRA adapter: pi0 and pi."""
     from transformers import Qwen2Config, Qwen2ForCausalLM

@@ -2,7 +2,8 @@
 
 KL(pi0(.|x) || pi(.|x)) over whole responses y is, by the chain rule, the expectation under y ~ pi0 of the
 sum over response positions t of the exact per-token KL(pi0(.|x, y_<t) || pi(.|x, y_<t)). So responses are
-sampled once from pi0 (temperature 1, no top-k / top-p: pi0's own distribution) and both models are
+sampled once from pi0 (temperature 1, no top-k / top-p, and none of the model's own generation settings
+such as a repetition penalty: pi0's own distribution, ``own_distribution``) and both models are
 teacher-forced on them; per response:
 
 * ``forward_kl`` (the chain-rule estimate, ``vla_cl.kl.sequence.action_token_kl`` over the full vocabulary):
@@ -78,12 +79,29 @@ def end_token_ids(tokenizer: Any, model: Any) -> list[int]:
     return sorted(i for i in ids if isinstance(i, int) and i >= 0 and i != unknown)
 
 
+@contextlib.contextmanager
+def own_distribution(model: Any):
+    """While it runs, ``model.generate`` samples from the model's own distribution: the model's
+    ``generation_config`` (a hub model's repetition penalty, banned words, n-gram blocking, ...), which
+    ``generate`` would otherwise apply to every setting not passed to it, is replaced by transformers'
+    defaults, under which no logits processor but temperature, top-k and top-p runs."""
+    from transformers import GenerationConfig
+
+    target = model.get_base_model() if hasattr(model, "get_base_model") else model
+    saved = target.generation_config
+    target.generation_config = GenerationConfig()
+    try:
+        yield
+    finally:
+        target.generation_config = saved
+
+
 @torch.no_grad()
 def generate_responses(model: Any, tokenizer: Any, examples: list[dict], samples_per_prompt: int,
                        max_new_tokens: int, seed: int, greedy: bool = False, base: bool = True,
                        batch_size: int = 32) -> Responses:
     """Responses to each example's prompt, sampled at temperature 1 (or greedy), from pi0 (``base``: the
-    adapter disabled) or from the model as it is."""
+    adapter disabled) or from the model as it is, from its own distribution (``own_distribution``)."""
     ends = end_token_ids(tokenizer, model)
     encoded = encode_prompts(tokenizer, [e for e in examples for _ in range(samples_per_prompt)])
     ids = [e["id"] for e in examples for _ in range(samples_per_prompt)]
@@ -92,7 +110,7 @@ def generate_responses(model: Any, tokenizer: Any, examples: list[dict], samples
     torch.manual_seed(seed)
     outputs = []
     try:
-        with base_model(model) if base else contextlib.nullcontext():
+        with base_model(model) if base else contextlib.nullcontext(), own_distribution(model):
             for start in range(0, len(ids), batch_size):
                 chunk = slice(start, start + batch_size)
                 outputs.append(model.generate(
