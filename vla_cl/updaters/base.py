@@ -83,10 +83,13 @@ BATCH_SIZE_HELP = "demonstration samples per iteration"
 
 
 def check_common(config: Any, name: str) -> None:
-    """The checks every updater config shares: its name, the KL weight, its data size."""
+    """The checks every updater config shares: its name, the KL weight, its data size and, where it has one,
+    the per-token clip."""
     require(config.name == name, "updater.name", config.name, f"{name!r} for a {type(config).__name__}")
     require(isinstance(config.optim, OptimizerConfig), "optim", config.optim, "an OptimizerConfig")
     require(config.kl_coef >= 0, "kl_coef", config.kl_coef, ">= 0 (0 = no KL penalty)")
+    if hasattr(config, "token_clip_eps"):
+        require(0 < config.token_clip_eps < 1, "token_clip_eps", config.token_clip_eps, "0 < token_clip_eps < 1")
     if hasattr(config, "episodes"):
         require(config.episodes >= 1, "episodes", config.episodes, "an integer >= 1")
     if hasattr(config, "batch_size"):

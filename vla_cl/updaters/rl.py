@@ -151,7 +151,6 @@ class ReinforceConfig:
 
     def __post_init__(self) -> None:
         check_common(self, "reinforce")
-        require(0 < self.token_clip_eps < 1, "token_clip_eps", self.token_clip_eps, "0 < token_clip_eps < 1")
 
 
 class Reinforce(PolicyGradient):
@@ -174,7 +173,6 @@ class GRPOConfig:
 
     def __post_init__(self) -> None:
         check_common(self, "grpo")
-        require(0 < self.token_clip_eps < 1, "token_clip_eps", self.token_clip_eps, "0 < token_clip_eps < 1")
         require(self.group_size >= 2, "group_size", self.group_size, "an integer >= 2")
         require(self.episodes % self.group_size == 0, "episodes", self.episodes,
                 f"a multiple of group_size ({self.group_size})")
