@@ -240,26 +240,74 @@ def test_pretrain_builds_a_reloadable_multitask_pi0_and_measures_it(tmp_path):
     assert (out / "artifacts" / "demos" / demos[0] / "demos.json").stat().st_mtime == stamp
 
 
+def test_continual_best_checkpoints_keep_the_policy_at_every_in_loop_evaluation(tmp_path):
+    from vla_cl.evaluation.continual_command import ContinualConfig
+
+    init = str(state_policy(instructions=["push the blue cube forward onto the target"]).save_pretrained(tmp_path / "pi0"))
+    make = lambda **fields: ContinualConfig(init=init, tasks=[PUSH, PULL], updater="reinforce", **fields)
+    stage = lambda config, **kw: config._stage_config(0, PUSH, init, None, tmp_path / "stage", **kw)
+    assert stage(make(train={"eval_every": 3})).snapshot_every == 3  # checkpoint=best is the default
+    assert stage(make(train={"eval_every": 0})).snapshot_every == 0  # candidates: iteration 0 and the last
+    assert stage(make(train={"eval_every": 3}), reference=True).snapshot_every == 0  # nothing handed on
+    assert stage(make(checkpoint="final", train={"eval_every": 3})).snapshot_every == 0
+    assert stage(make(train={"eval_every": 4, "snapshot_every": 2})).snapshot_every == 2  # keeps them all too
+    with pytest.raises(ValueError, match=r"train.snapshot_every: 5 \(allowed: a divisor of the stage's eval_every "
+                                         r"\(2\)"):
+        make(train={"eval_every": 2, "snapshot_every": 5})
+    with pytest.raises(ValueError, match=r"invalid value for checkpoint: 'last' \(allowed: best or final\)"):
+        make(checkpoint="last")
+
+
 @pytest.mark.slow
 def test_a_short_continual_run_gives_the_task_by_stage_matrix_and_every_metric(tmp_path):
     init = state_policy(instructions=["push the blue cube forward onto the target",
                                       "pull the blue cube back onto the target"]).save_pretrained(tmp_path / "pi0")
     out = tmp_path / "continual"
-    args = ["continual", f"init={init}", f"tasks=[{PUSH},{PULL}]", "updater=reinforce", "iterations=1",
+    args = ["continual", f"init={init}", f"tasks=[{PUSH},{PULL}]", "updater=reinforce", "iterations=2",
             "train={updater: {episodes: 2}, num_envs: 1, max_episode_steps: 6, eval_episodes: 2, eval_every: 1, probe_episodes: 1}",
             "eval_episodes=2", "reference=true", f"out_dir={out}", "progress=false"]
     assert main(args) == 0
     summary = json.loads((out / "summary.json").read_text())
     matrix = np.asarray(summary["matrix"])
     assert matrix.shape == (2, 2) and ((matrix >= 0) & (matrix <= 1)).all()
-    assert [len(curve) for curve in summary["during"]] == [2, 2]  # iteration 0 and iteration 1
+    assert [len(curve) for curve in summary["during"]] == [3, 3]  # iterations 0, 1 and 2
     assert len(summary["reference_during"]) == 2
     metrics = summary["metrics"]
-    for key in ("fwt", "nbt", "auc", "average_performance", "forgetting", "fwt_per_task", "nbt_per_task",
+    for key in ("fwt", "nbt", "nbt_inloop_max", "auc", "average_performance", "forgetting",
+                "forgetting_first_k_minus_1", "fwt_per_task", "nbt_per_task", "nbt_inloop_max_per_task",
                 "auc_per_task", "cw_forgetting_per_task", "cw_forward_transfer_per_task"):
         assert key in metrics
     assert metrics["average_performance"] == pytest.approx(matrix[-1].mean())
     assert metrics["nbt_per_task"][-1] is None and metrics["cw_forgetting_per_task"][-1] == 0.0
+    assert metrics["nbt_per_task"][0] == pytest.approx(matrix[0, 0] - matrix[1, 0])  # c_00 = R[0, 0]
+    assert metrics["nbt_inloop_max_per_task"][0] == pytest.approx(max(summary["during"][0]) - matrix[1, 0])
+    assert metrics["forgetting"] == pytest.approx((matrix[0, 0] - matrix[1, 0]) / 2)  # (F_0 + 0) / 2
     assert (out / "artifacts" / "matrix.png").stat().st_size > 1000 and "LIBERO FWT" in (out / "matrix.md").read_text()
     for stage in ("stage_0", "stage_1", "reference_0", "reference_1"):
         assert (out / stage / "artifacts" / "policy" / "model.safetensors").exists()
+    # checkpoint=best (the default): every in-loop evaluation's policy is kept (iteration 1's as a snapshot;
+    # not in the reference runs), the stage hands on the best one and the suite evaluates that one.
+    import yaml
+
+    from vla_cl.evaluation.runner import resolve_policy
+
+    assert summary["checkpoint"] == "best" and len(summary["chosen"]) == 2
+    stage_init = str(init)
+    for i, (chosen, curve) in enumerate(zip(summary["chosen"], summary["during"])):
+        stage = out / f"stage_{i}"
+        assert (stage / "artifacts" / "snapshots" / "iter-000001" / "model.safetensors").exists()
+        assert not (out / f"reference_{i}" / "artifacts" / "snapshots").exists()
+        best = curve.index(max(curve))  # the in-loop evaluations are at iterations 0, 1, 2: the earliest best
+        folder = [stage_init, str(stage / "artifacts" / "snapshots" / "iter-000001"),
+                  str(stage / "artifacts" / "policy")][best]
+        assert chosen == {"stage": i, "task": [PUSH, PULL][i], "iteration": best, "policy": folder,
+                          "success": max(curve)}
+        evaluated = json.loads((stage / "eval" / "jobs" / "fingerprint.json").read_text())["policy"]
+        assert evaluated == resolve_policy(folder)[1].fingerprint  # row i evaluates the chosen policy
+        stage_init = folder  # and stage i + 1 starts from it
+    assert yaml.safe_load((out / "stage_1" / "config.yaml").read_text())["init"] == summary["chosen"][0]["policy"]
+    logged = [m for m in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if m.get("event") == "stage"]
+    assert [(m["chosen_iteration"], m["chosen_policy"]) for m in logged] == [(c["iteration"], c["policy"])
+                                                                           for c in summary["chosen"]]
+    assert main(args) == 0  # started again: every stage is finished, the same checkpoints are chosen
+    assert json.loads((out / "summary.json").read_text())["chosen"] == summary["chosen"]
