@@ -331,3 +331,17 @@ def test_the_offline_default_model_converts_once_and_answers(tmp_path, monkeypat
     reply = generate_responses(model, tokenizer, all_examples(preset("capitals"))[:1], 1, 12, seed=0, greedy=True,
                                base=False)
     assert reply.response_mask.any()
+
+
+def test_the_report_says_what_each_divergence_measures():
+    from types import SimpleNamespace
+
+    from vla_cl.evaluation.law_plots import r2_rows
+    from vla_cl.llm_track.report import PREDICTOR_NAMES, kl_words
+
+    words = kl_words(SimpleNamespace(kl_tokens=16), 11.5)
+    assert "16-token prefixes" in words and "lower bound" in words and "11.5 tokens" in words
+    assert "per-token divergences" in words
+    table = r2_rows({"r2": {}, "r2_final": {}, "r2_trust": {}}, "final models", PREDICTOR_NAMES)
+    assert "reverse_kl_new: per-token KL(pi || pi0) along pi0&#x27;s prefixes" in table
+    assert "tv_old: per-token total variation" in table and "paper" not in table.split("<p>")[0]

@@ -24,7 +24,7 @@ from vla_cl.parity.methods import (
     sft2_targets,
 )
 from vla_cl.parity.model import ParityMLP, load_checkpoint, save_checkpoint
-from vla_cl.parity.report import PAPER_R2, forgetting_at, matched_accuracy, pareto_frontier, r2_table
+from vla_cl.parity.report import PAPER_PREDICTORS, forgetting_at, matched_accuracy, pareto_frontier, r2_table
 from vla_cl.parity.train import eval_steps, lr_factor
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -224,7 +224,7 @@ def test_r2_and_pareto_helpers():
     x = np.linspace(0, 2, 12)
     # An exact quadratic law for the paper's predictors, a constant (unfittable) value for the others.
     points = [
-        {"forgetting": 0.1 * v**2 + 0.05 * v, **{n: v if n in PAPER_R2 else 1.0 for n in PREDICTORS}}
+        {"forgetting": 0.1 * v**2 + 0.05 * v, **{n: v if n in PAPER_PREDICTORS else 1.0 for n in PREDICTORS}}
         for v in x
     ]
     table = r2_table(points)

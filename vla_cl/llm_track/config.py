@@ -39,7 +39,8 @@ class LLMConfig(RunConfig):
                                "(0: one greedy reply)")
     kl_prompts: int = option(12, "new-task prompts of the forward-KL probe (held-out examples)")
     kl_samples: int = option(2, "pi0 responses sampled per probe prompt")
-    kl_tokens: int = option(16, "longest pi0 response in the probes")
+    kl_tokens: int = option(16, "longest pi0 response in the probes: the KL is that of kl_tokens-token prefixes, a "
+                            "lower bound on the whole responses' KL")
     old_prompts: int = option(12, "retention prompts for the old-task predictors and pi0's Fisher")
     # HumanEval is left out of the default: SmolLM2-135M-Instruct passes none of the first 20 problems (measured),
     # so there is nothing to forget; the smoke and qwen2.5-3b presets run it. `capitals` is a prior skill of the

@@ -180,14 +180,14 @@ def analyse(config: LLMConfig, runs: list[dict], pi0_result: dict, evaluations: 
     pi0_outcomes = outcomes(pi0_result)
     zero = {name: 0.0 for name in PREDICTORS} | {"cka": 1.0, "cka_old": 1.0}
     pi0 = L.make_point("pi0", "pi0", "pi0", "", 0, True, pi0_result["new_task"]["score"], pi0_outcomes, pi0_outcomes,
-                       zero)
+                       zero, new_outcomes=pi0_result["new_task"].get("per_example"))
     points = []
     for point in points_of(runs):
         result = json.loads((evaluations / f"{point['key']}.json").read_text())
         predictors = {k: v for k, v in result["predictors"].items() if k in PREDICTORS}
         points.append(L.make_point(point["key"], point["method"], point["family"], point["setting"], point["step"],
                                    point["final"], result["new_task"]["score"], outcomes(result), pi0_outcomes,
-                                   predictors))
+                                   predictors, new_outcomes=result["new_task"].get("per_example")))
     levels = [round(pi0.new_success + d, 2) for d in (0.1, 0.2, 0.3, 0.4) if pi0.new_success + d <= 1.0]
     out = {**L.analyse(pi0, points, benchmarks, levels, score="new-task reward", retention="mean retention score"),
            "new_task": config.task.name}

@@ -28,8 +28,26 @@ from vla_cl.runs import latest_report
 
 ASSETS = "report_assets"
 LABELS = {"rl": "GRPO (TRL)", "sft": "SFT (TRL)", "pi0": "pi0"}
-# Table 1 of the paper, language models: R^2 of forward KL on the new task.
-PAPER_R2_LLM = {"forward_kl_new": 0.71}
+# What the output divergences are on a language model (vla_cl.llm_track.kl.measure): along pi0's sampled
+# responses, per response token, over the whole vocabulary; only the forward KL is the sequence-level divergence.
+PREDICTOR_NAMES = {
+    **{f"forward_kl_{s}": f"forward_kl_{s}: KL(pi0 || pi) of the responses' first kl_tokens tokens" for s in ("new", "old")},
+    **{f"reverse_kl_{s}": f"reverse_kl_{s}: per-token KL(pi || pi0) along pi0's prefixes, summed" for s in ("new", "old")},
+    **{f"tv_{s}": f"tv_{s}: per-token total variation along pi0's prefixes, mean" for s in ("new", "old")},
+    **{f"l2_{s}": f"l2_{s}: per-token L2 distance along pi0's prefixes, mean" for s in ("new", "old")},
+}
+
+
+def kl_words(config: Any, mean_tokens: float | None) -> str:
+    """What the probe's forward KL measures, in the report's words."""
+    tokens = "" if mean_tokens is None else f"; pi0's probe responses averaged {mean_tokens:.1f} tokens"
+    return (f"The forward KL is KL(pi0 || pi) summed over response tokens along responses sampled from pi0 (its own "
+            f"distribution: temperature 1, no top-k/top-p and none of the model's generation settings) on held-out "
+            f"new-task prompts, each response cut at kl_tokens = {config.kl_tokens} tokens{tokens}: the KL of "
+            f"{config.kl_tokens}-token prefixes, a lower bound on the KL of whole responses (a prefix's divergence "
+            "never exceeds the whole's). The reverse KL, TV and L2 are per-token divergences at each position "
+            "along pi0's prefixes (summed over positions for the reverse KL, averaged for TV and L2), not "
+            "divergences of whole responses.")
 
 
 def plot_kl_during_training(runs: list[dict], path: Path) -> None:
@@ -50,7 +68,7 @@ def plot_kl_during_training(runs: list[dict], path: Path) -> None:
 
 
 def page(config: Any, law: dict, pi0_result: dict, evaluations: dict[str, dict], runs: list[dict],
-         timings: list[dict], razor: str | None) -> str:
+         timings: list[dict], razor: str | None, mean_tokens: float | None = None) -> str:
     e = html.escape
     finding = law["finding"]
     labels = {b: v.get("label", b) for b, v in pi0_result["retention"].items()}
@@ -87,8 +105,7 @@ def page(config: Any, law: dict, pi0_result: dict, evaluations: dict[str, dict],
 <h1>RL's Razor on language models</h1>
 <p>pi0 = <b>{e(config.model.name)}</b>, fine-tuned with LoRA on <b>{e(config.task.name)}</b> (reward:
 {e(config.task.reward)}) by GRPO and SFT (TRL). Forgetting is the mean over retention benchmarks of pi0's score minus the
-model's, items paired; intervals are 95 % paired bootstrap. The forward KL is KL(pi0 || pi) summed over response tokens along
-responses sampled from pi0 on held-out new-task prompts.</p>
+model's, items paired; intervals are 95 % paired bootstrap. {e(kl_words(config, mean_tokens))}</p>
 {'<p class="warn">Stand-ins (the project' + "'" + f's own small data, not the benchmarks; not comparable to published scores): {e(", ".join(stand_ins))}.</p>' if stand_ins else ""}
 {link}
 <div class="finding"><b>Finding ({held}).</b> {e(finding['statement'])}</div>
@@ -100,7 +117,7 @@ responses sampled from pi0 on held-out new-task prompts.</p>
 <img src="{ASSETS}/kl_training.png" alt="forward KL during training" width="620">
 <img src="{ASSETS}/r2.png" alt="R squared per predictor" width="620">
 <h3>R<sup>2</sup> of each predictor (2nd-degree fit of forgetting)</h3>
-{r2_rows(law, PAPER_R2_LLM, "final models", "paper (LLMs)")}
+{r2_rows(law, "final models", PREDICTOR_NAMES)}
 <h3>Forgetting at matched new-task reward</h3>
 {table(["method", "new-task reward at least", "least-forgetting model", "forgetting vs pi0 (95 % CI)"], matched_rows)}
 <h2>pi0's replies (first held-out examples)</h2><ul>{samples}</ul>
@@ -132,6 +149,11 @@ def write(config: Any, law: dict, pi0_result: dict, runs: list[dict], run_dir: A
                "r2": law["r2"], "r2_final_only": law["r2_final"], "r2_trust": law.get("r2_trust"), "pareto": law["pareto"], "matched": law["matched"],
                "finding": law["finding"], "razor_report": razor_link,
                "config": json.loads(json.dumps(config, default=lambda o: getattr(o, "__dict__", str(o))))}
+    probes = run_dir.path / "probes" / "stage.json"
+    mean_tokens = json.loads(probes.read_text())["result"].get("new_mean_tokens") if probes.exists() else None
+    summary["kl_probe"] = {"kl_tokens": config.kl_tokens, "new_mean_tokens": mean_tokens,
+                           "meaning": kl_words(config, mean_tokens)}
     write_json_atomic(run_dir.path / "summary.json", summary)
-    write_text_atomic(run_dir.path / "report.html", page(config, law, pi0_result, evaluations, runs, timings, razor_link))
+    write_text_atomic(run_dir.path / "report.html", page(config, law, pi0_result, evaluations, runs, timings, razor_link,
+                                                         mean_tokens))
     return {"report": str(run_dir.path / "report.html")}

@@ -1,4 +1,4 @@
-"""The ParityMNIST report: summary.json, the predictor R^2 table next to the paper's, and three plots.
+"""The ParityMNIST report: summary.json, the predictor R^2 table, and three plots.
 
 R^2 is the paper's: forgetting fitted against each predictor with a 2nd-degree polynomial
 (``vla_cl.kl.fit_forgetting``), 1 - SS_res / SS_tot on the fitted points. ``r2`` uses one point per run,
@@ -22,18 +22,10 @@ from vla_cl.kl import fit_forgetting
 from vla_cl.parity.evaluate import PREDICTORS
 from vla_cl.parity.methods import METHODS, RL_METHODS
 
-# Table 1 of the paper (ParityMNIST), R^2 of a 2nd-degree fit of forgetting against each predictor.
-PAPER_R2 = {
-    "forward_kl_new": 0.96,
-    "reverse_kl_new": 0.93,
-    "tv_new": 0.80,
-    "l2_new": 0.56,
-    "weight_l1": 0.34,
-    "weight_fisher_l2": 0.58,
-    "weight_spectral": 0.58,
-    "activation_l1": 0.52,
-    "activation_l2": 0.55,
-}
+# The predictors the paper compares on ParityMNIST (listed first in the R^2 table). Its R^2 values are not
+# reproduced: this project could not check them against the paper's tables, row by row.
+PAPER_PREDICTORS = ("forward_kl_new", "reverse_kl_new", "tv_new", "l2_new", "weight_l1", "weight_fisher_l2",
+                    "weight_spectral", "activation_l1", "activation_l2")
 OUTCOMES = ("new_task_accuracy", "new_task_reward", "old_task_accuracy", "forgetting")
 COLORS = {
     "grpo": "#1f77b4",
@@ -174,21 +166,20 @@ def summarize(
         "r2_checkpoints": r2_table(checkpoints),
         "r2_definition": "2nd-degree polynomial fit of forgetting against the predictor; 1 - SS_res/SS_tot on the "
         "fitted points. r2: one point per run (its final model); r2_checkpoints: every evaluation of every run.",
-        "paper_r2": PAPER_R2,
         "fit": fit,
         "matched_accuracy": {**matched, "noise": noise},
         "runs": [run_entry(r, finetune.batch_size, finetune.group_size, finetune.kl_coef) for r in records],
     }
 
 
-def r2_rows(summary: dict) -> list[tuple[str, float | None, float | None, float | None]]:
-    """(predictor, ours on final points, ours on all checkpoints, paper) for every predictor, paper's rows first."""
-    order = list(PAPER_R2) + [name for name in PREDICTORS if name not in PAPER_R2]
-    return [(n, summary["r2"].get(n), summary["r2_checkpoints"].get(n), PAPER_R2.get(n)) for n in order]
+def r2_rows(summary: dict) -> list[tuple[str, float | None, float | None]]:
+    """(predictor, R^2 on final points, R^2 on all checkpoints) for every predictor, the paper's predictors first."""
+    order = list(PAPER_PREDICTORS) + [name for name in PREDICTORS if name not in PAPER_PREDICTORS]
+    return [(n, summary["r2"].get(n), summary["r2_checkpoints"].get(n)) for n in order]
 
 
 def markdown(summary: dict) -> str:
-    """report.md: datasets, the R^2 table beside the paper's, and the matched-accuracy comparison."""
+    """report.md: datasets, the R^2 table, and the matched-accuracy comparison."""
 
     def fmt(value: float | None) -> str:
         return "-" if value is None else f"{value:.3f}"
@@ -206,13 +197,14 @@ def markdown(summary: dict) -> str:
         ),
         "",
         (
-            "R^2 of a 2nd-degree fit of forgetting against each predictor (ours: final model of each run; "
-            "all checkpoints: every evaluation; paper: Table 1)."
+            "R^2 of a 2nd-degree fit of forgetting against each predictor (final model of each run; all "
+            "checkpoints: every evaluation). The paper's own values are not shown: this project could not check "
+            "them against the paper's tables, row by row."
         ),
         "",
-        "| predictor | R^2 ours | R^2 ours, all checkpoints | R^2 paper |",
-        "|---|---|---|---|",
-        *(f"| {n} | {fmt(a)} | {fmt(b)} | {fmt(c)} |" for n, a, b, c in r2_rows(summary)),
+        "| predictor | R^2 | R^2, all checkpoints |",
+        "|---|---|---|",
+        *(f"| {n} | {fmt(a)} | {fmt(b)} |" for n, a, b in r2_rows(summary)),
         "",
         "Forgetting at matched new-task accuracy (Pareto frontiers):",
         "",
@@ -326,24 +318,18 @@ def plot_pareto(summary: dict, records: list[dict], path: Path) -> None:
 
 
 def plot_r2(summary: dict, path: Path) -> None:
-    """R^2 of every predictor (ours) beside the paper's Table 1 value where it has one."""
+    """R^2 of every predictor, on final models and on every checkpoint."""
     plt = _pyplot()
     rows = r2_rows(summary)
     fig, ax = plt.subplots(figsize=(7.5, 0.34 * len(rows) + 1.6))
     y = np.arange(len(rows))[::-1]
-    ours = [0.0 if a is None else max(a, 0.0) for _, a, _, _ in rows]
-    ax.barh(y + 0.19, ours, height=0.38, color="#1f77b4", label="ours (final models)")
-    paper = [(yy, c) for yy, (_, _, _, c) in zip(y, rows) if c is not None]
-    ax.barh(
-        [yy - 0.19 for yy, _ in paper],
-        [c for _, c in paper],
-        height=0.38,
-        color="#b0b0b0",
-        label="paper, Table 1",
-    )
-    for yy, value in zip(y, ours):
+    finals = [0.0 if a is None else max(a, 0.0) for _, a, _ in rows]
+    every = [0.0 if b is None else max(b, 0.0) for _, _, b in rows]
+    ax.barh(y + 0.19, finals, height=0.38, color="#1f77b4", label="final models")
+    ax.barh(y - 0.19, every, height=0.38, color="#b0b0b0", label="every checkpoint")
+    for yy, value in zip(y, finals):
         ax.text(value + 0.01, yy + 0.19, f"{value:.2f}", va="center", fontsize=7)
-    for yy, value in paper:
+    for yy, value in zip(y, every):
         ax.text(value + 0.01, yy - 0.19, f"{value:.2f}", va="center", fontsize=7, color="#555555")
     ax.set_yticks(y)
     ax.set_yticklabels([name for name, *_ in rows], fontsize=8)
