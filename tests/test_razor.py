@@ -118,7 +118,7 @@ def result(successes: dict[str, list[int]], seeds=None) -> SuiteResult:
 
 def point(key, family, new, push, pull, pi0, kl=0.0, final=True, seeds=None):
     r = result({NEW: new, RETAIN[0]: push, RETAIN[1]: pull}, seeds)
-    return L.make_point(key, family, family, "", 1, final, r, pi0, NEW, RETAIN, {"forward_kl_new": kl})
+    return L.make_point(key, family, family, key, 1, final, r, pi0, NEW, RETAIN, {"forward_kl_new": kl})
 
 
 def test_points_forgetting_pareto_and_the_finding_by_hand():
@@ -134,8 +134,16 @@ def test_points_forgetting_pareto_and_the_finding_by_hand():
     assert [p.key for p in L.pareto([rl, sft, weak])] == ["weak", "rl"]  # sft (75 %) is beaten by rl
     assert L.least_forgetting([rl, sft, weak], 0.5).key == "rl"
     found = L.finding([rl, sft, weak], pi0, RETAIN)
-    assert found["level"] == 0.75 and found["rl_point"] == "rl" and found["sft_point"] == "sft"
-    assert found["sft_minus_rl"]["estimate"] == pytest.approx(sft.forgetting - rl.forgetting)
+    # chosen on episodes 0 and 2: rl and weak reach 50 % there, weak forgets nothing there (sft: 0.75)
+    assert found["level"] == 0.5 and found["rl_point"] == "rl" and found["sft_point"] == "weak"
+    # measured on episodes 1 and 3: neither forgets; the new task is not matched there (rl 100 %, weak 0 %)
+    assert found["sft_minus_rl"]["estimate"] == pytest.approx(0.0)
+    assert found["new_task_rl_minus_sft"]["estimate"] == pytest.approx(1.0)
+    old = found["same_episodes"]  # chosen and measured on all four episodes
+    assert old["level"] == 0.75 and old["rl_point"] == "rl" and old["sft_point"] == "sft"
+    assert old["sft_minus_rl"]["estimate"] == pytest.approx(sft.forgetting - rl.forgetting)
+    assert L.make_point("x", "ppo", "rl", "lr=0.001_s1", 1, True, pi0_result, pi0_result, NEW, RETAIN, {}).arm == \
+        "ppo_lr=0.001"  # replicas of one arm at other training seeds share it
     matched = L.matched([rl, sft, weak], pi0, RETAIN, [0.25, 0.75, 1.0])
     sft_rows = matched["families"]["sft"]
     assert sft_rows[0]["point"] == "pi0" and sft_rows[0]["forgetting"]["estimate"] == 0.0
@@ -196,7 +204,8 @@ def uninterrupted_run(tmp_path_factory):
 
 def _numbers(summary: dict) -> dict:
     """What the experiment measured (not how long it took or where it ran)."""
-    return {key: summary[key] for key in ("pi0", "runs", "r2", "r2_final_only", "matched", "finding", "design_checks")}
+    return {key: summary[key] for key in ("pi0", "runs", "r2", "r2_final_only", "matched", "finding", "design_checks",
+                                          "retention_modes")}
 
 
 @pytest.mark.slow
@@ -213,8 +222,8 @@ def test_every_stage_runs_and_an_interrupted_run_resumes(smoke_run):
     out, stdout = smoke_run
     assert "stage timings" in stdout and "reused" in stdout  # the stages finished before the kill
     timings = json.loads((out / "timings.json").read_text())
-    assert [t["stage"] for t in timings] == ["info", "demos", "pi0", "pi0_eval", "sweep", "evaluation", "law",
-                                            "report"]
+    assert [t["stage"] for t in timings] == ["info", "demos", "pi0", "pi0_eval", "sweep", "evaluation", "greedy",
+                                            "law", "report"]
     summary = json.loads((out / "summary.json").read_text())
     methods = {run["method"] for run in summary["runs"]}
     assert methods == {"ppo", "sft", "sft_kl", "distill"}
@@ -231,6 +240,21 @@ def test_every_stage_runs_and_an_interrupted_run_resumes(smoke_run):
     assert all(finals.count(True) == 1 and finals.count(False) >= 2 for finals in by_trial.values())
     assert "forward_kl_new" in summary["r2"] and summary["finding"]["statement"]
     assert summary["finding"]["held"] in (True, False, None)
+    # the finding's pair chosen on one half of the episodes and measured on the other, and the trade-off curves
+    finding = summary["finding"]
+    assert finding["examples"]["selection"] and finding["same_episodes"]["sft_minus_rl"]
+    assert finding["tradeoff"]["levels"]
+    assert all("weighted" in trust for trust in summary["r2_trust"].values() if trust)
+    finals = {run["key"] for run in summary["runs"] if run["final"]}
+    assert all(r.get("point") in finals | {"pi0", None} for rows in summary["matched"]["families"].values()
+               for r in rows)  # the matched table holds final policies only
+    # retention acting greedily beside sampling, per task, for pi0 and every final policy
+    modes = summary["retention_modes"]
+    assert set(modes["policies"]) == finals and set(modes["pi0"]["greedy"]) == set(RETAIN)
+    greedy = json.loads((out / "evaluation_greedy" / "pi0" / "result.json").read_text())
+    assert greedy["suite"]["greedy"] is True and {c["axis"] for c in greedy["cells"]} == {"in_distribution"}
+    for both in modes["policies"].values():
+        assert set(both["greedy"]["forgetting"]) == set(RETAIN) and "mean_forgetting" in both["sampled"]
 
 
 @pytest.fixture(scope="module")
@@ -252,8 +276,8 @@ def test_the_openvla_razor_runs_every_stage_on_the_bridge_scenes(openvla_tiny_ru
 
     out, stdout = openvla_tiny_run
     timings = json.loads((out / "timings.json").read_text())
-    assert [t["stage"] for t in timings] == ["info", "demos", "pi0", "pi0_eval", "sweep", "evaluation", "law",
-                                            "report"]
+    assert [t["stage"] for t in timings] == ["info", "demos", "pi0", "pi0_eval", "sweep", "evaluation", "greedy",
+                                            "law", "report"]
     print({t["stage"]: round(t["seconds"], 1) for t in timings})  # shown with -s: the stage timings
     assert "[razor] plan" in stdout and (out / "plan.json").exists()
     summary = json.loads((out / "summary.json").read_text())
@@ -290,8 +314,10 @@ def test_the_report_opens_in_a_browser_with_every_image_and_video(smoke_run):
     out, _ = smoke_run
     report = out / "report.html"
     text = report.read_text()
-    for needed in ("Pareto", "forward KL", "R<sup>2</sup>", "Generalisation axes", "<video", "Finding"):
+    for needed in ("Pareto", "forward KL", "R<sup>2</sup>", "Generalisation axes", "<video", "Finding",
+                   "trade-off curves", "Retention acting greedily", "weighted leave-one-out"):
         assert needed in text
+    assert "paper (ParityMNIST)" not in text  # no R^2 value this project cannot cite
     assert "file://" not in text and str(out) not in text  # every asset is referenced relatively
     check = check_page(report)
     assert check.ok, check.broken

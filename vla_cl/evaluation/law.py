@@ -1,24 +1,29 @@
 """The forgetting law, for any experiment: fits, Pareto frontiers and the paper's finding at matched new-task score.
 
 Robots (``vla_cl.razor``) and language models (``vla_cl.llm_track``) analyse their sweeps with this one module.
-A *point* is one evaluated model (a final one or a mid-training snapshot): its new-task score and its
-per-example outcomes on each retention task (``outcomes[task][example id]``: a robot episode's success keyed by
-its reset seed, an LLM benchmark item's score keyed by its id), forgetting = the mean over retention tasks of
-pi0's score minus the model's on the examples both ran, and every predictor (``vla_cl.kl.compare.PREDICTORS``).
+A *point* is one evaluated model (a final one or a mid-training snapshot): its new-task score (and, where known,
+each new-task example's), its per-example outcomes on each retention task (``outcomes[task][example id]``: a robot
+episode's success keyed by its reset seed, an LLM benchmark item's score keyed by its id), forgetting = the mean
+over retention tasks of pi0's score minus the model's on the examples both ran, and every predictor
+(``vla_cl.kl.compare.PREDICTORS``).
 
 * ``r2_table``: forgetting fitted against each predictor with a 2nd-degree polynomial across the points,
   R^2 = 1 - SS_res / SS_tot on the fitted points (the paper's protocol; ``vla_cl.kl.fit_forgetting``);
   ``r2_trust_table`` beside it: adjusted and leave-one-out R^2, a bootstrap interval over the points and
-  Spearman's rank correlation (``vla_cl.kl.fit.fit_trust``), for fits of a 3-parameter curve on a few points.
+  Spearman's rank correlation (``vla_cl.kl.fit.fit_trust``), for fits of a 3-parameter curve on a few points,
+  and the same fit weighted by each point's sampling noise (``forgetting_variance``: points measured on
+  fewer episodes, such as 16-episode snapshots, count less than 50-episode final ones).
 * ``pareto``: the points of a family no other point of it beats on both new-task score and mean retention.
-* ``matched``: at a level a, a family's forgetting is that of its point with new-task score >= a that forgot
-  least (pi0 counts for a <= its own score: forgetting 0); its interval is the paired stratified bootstrap
-  against pi0 on the examples both ran (``vla_cl.stats``).
-* ``finding`` (final points only): at the highest new-task score both the best RL and the best SFT final
-  point reach, the least-forgetting point of each family reaching it, and SFT's forgetting minus RL's with
-  the paired bootstrap interval of that difference. The paper's finding (SFT forgets more than RL at
-  matched new-task performance) holds if the interval lies above 0, is reversed if it lies below 0, and is
-  not resolved if it contains 0.
+* ``matched`` (final models only): at a level a, a family's forgetting is that of its final model with
+  new-task score >= a that forgot least (pi0 counts for a <= its own score: forgetting 0), with the paired
+  stratified bootstrap interval against pi0 (``vla_cl.stats``). A description of the sweep: the choice and
+  its estimate share episodes, so a family with more models looks better (the comparison below avoids it).
+* ``finding`` (final models only; ``vla_cl.evaluation.comparison``): SFT's forgetting minus RL's, the pair
+  chosen on one half of the evaluation examples and estimated on the other, and along each family's
+  interpolated trade-off curve at fixed levels. The paper's finding (SFT forgets more than RL at matched
+  new-task performance) holds if the held-out interval lies above 0, is reversed if it lies below 0, and is
+  not resolved if it contains 0. The older estimate, choosing and estimating on the same episodes, is kept
+  beside it (``same_episodes``) to compare with earlier reports.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from vla_cl.evaluation import comparison as C
 from vla_cl.kl import fit_forgetting
 from vla_cl.kl.compare import PREDICTORS
 from vla_cl.kl.fit import fit_trust
@@ -50,6 +56,11 @@ class Point:
     forgetting: float
     predictors: dict[str, float]
     result: Any = None  # the evaluation the outcomes came from (robots: a SuiteResult)
+    new_outcomes: Mapping[Hashable, float] | None = None  # each new-task example's score (None: unknown)
+    arm: str = ""  # what replicas share (method and setting without the training seed); default: the key
+
+    def __post_init__(self) -> None:
+        self.arm = self.arm or self.key
 
     @property
     def retention(self) -> dict[str, float]:
@@ -86,10 +97,24 @@ def forgetting(pi0: Outcomes, outcomes: Outcomes, tasks: list[str]) -> float:
 
 
 def make_point(key: str, method: str, family: str, setting: str, step: int, final: bool, new_success: float,
-               outcomes: Outcomes, pi0: Outcomes, predictors: dict[str, float], result: Any = None) -> Point:
+               outcomes: Outcomes, pi0: Outcomes, predictors: dict[str, float], result: Any = None,
+               new_outcomes: Mapping[Hashable, float] | None = None, arm: str = "") -> Point:
     tasks = list(outcomes)
     return Point(key, method, family, setting, step, final, float(new_success), outcomes,
-                 forgetting(pi0, outcomes, tasks), predictors, result)
+                 forgetting(pi0, outcomes, tasks), predictors, result, new_outcomes, arm)
+
+
+def forgetting_variance(point: Point) -> float:
+    """The sampling variance of a point's forgetting from its own episodes: (1/T^2) sum_t p_t (1 - p_t) / n_t over
+    its T retention tasks, with p_t = (sum of scores + 1) / (n_t + 2) (the binomial variance of a success rate,
+    kept off 0 at rates of 0 or 1; for scores in [0, 1] an upper bound). pi0's own noise is shared by every
+    point and left out."""
+    terms = []
+    for scores in point.outcomes.values():
+        n = len(scores)
+        p = (sum(scores.values()) + 1.0) / (n + 2.0)
+        terms.append(p * (1.0 - p) / n)
+    return float(sum(terms) / len(terms) ** 2)
 
 
 def r2_table(points: list[Point]) -> dict[str, float | None]:
@@ -106,13 +131,17 @@ def r2_table(points: list[Point]) -> dict[str, float | None]:
 
 
 def r2_trust_table(points: list[Point]) -> dict[str, dict[str, Any] | None]:
-    """For each predictor, how far its R^2 can be trusted (``vla_cl.kl.fit.fit_trust``; None: no fit)."""
+    """For each predictor, how far its R^2 can be trusted (``vla_cl.kl.fit.fit_trust``; None: no fit), and
+    under ``weighted`` the same measures of the fit weighted by 1 / ``forgetting_variance``."""
     y = np.asarray([p.forgetting for p in points])
+    weights = 1.0 / np.asarray([forgetting_variance(p) for p in points])
     out: dict[str, dict[str, Any] | None] = {}
     for name in PREDICTORS:
         x = np.asarray([p.predictors.get(name, np.nan) for p in points], dtype=float)
         try:
-            out[name] = fit_trust(x, y, 2).to_dict()
+            weighted = fit_trust(x, y, 2, weights=weights).to_dict()
+            out[name] = {**fit_trust(x, y, 2).to_dict(),
+                         "weighted": {k: weighted[k] for k in ("r2", "adjusted_r2", "loo_r2", "r2_low", "r2_high")}}
         except ValueError:
             out[name] = None
     return out
@@ -143,7 +172,8 @@ def least_forgetting(points: list[Point], level: float) -> Point | None:
 
 
 def matched(points: list[Point], pi0: Point, retention_tasks: list[str], levels: list[float]) -> dict[str, Any]:
-    """Per family and level: the least-forgetting point reaching the level, with its paired interval vs pi0."""
+    """Per family and level: the least-forgetting point reaching the level, with its paired interval vs pi0
+    (``points``: the final models; see the module docstring)."""
     out: dict[str, Any] = {"levels": levels, "families": {}}
     for family in sorted({p.family for p in points}):
         rows = []
@@ -161,29 +191,51 @@ def matched(points: list[Point], pi0: Point, retention_tasks: list[str], levels:
 
 
 def finding(points: list[Point], pi0: Point, retention_tasks: list[str], score: str = "new-task success",
-            retention: str = "mean retention-task success") -> dict[str, Any]:
-    """SFT's forgetting minus RL's at the highest new-task score both reach (see the module docstring)."""
-    rl = [p for p in points if p.family == "rl" and p.final]
-    sft = [p for p in points if p.family == "sft" and p.final]
-    if not rl or not sft:
+            retention: str = "mean retention-task success", levels: list[float] | None = None) -> dict[str, Any]:
+    """SFT's forgetting minus RL's among final models, without the winner's curse (see the module docstring
+    and ``vla_cl.evaluation.comparison``)."""
+    finals = [p for p in points if p.final]
+    arms = {f: C.group_arms(finals, f) for f in ("rl", "sft")}
+    if not arms["rl"][0] or not arms["sft"][0]:
         return {"held": None, "statement": "the sweep lacks an RL or an SFT point; no comparison"}
-    level = min(max(p.new_success for p in rl), max(p.new_success for p in sft))
-    best_rl, best_sft = least_forgetting(rl, level), least_forgetting(sft, level)
-    # SFT forgetting - RL forgetting = RL retention - SFT retention, on the examples both ran
-    difference = paired_difference(best_rl.outcomes, best_sft.outcomes, retention_tasks)
-    held = True if difference.low > 0 else False if difference.high < 0 else None
+    panel = C.Panel.of(pi0, finals, retention_tasks)
+    rows, names = {f: a[0] for f, a in arms.items()}, {f: a[1] for f, a in arms.items()}
+    split = C.split_finding(panel, rows, names)
+    held = C.verdict(split["sft_minus_rl"])
+    top = C.common_top(panel, rows)
+    curve = C.tradeoff(panel, rows, sorted({*(levels or []), round(top, 4)}))
+    old = same_episodes(finals, pi0, retention_tasks)
+    d = split["sft_minus_rl"]
+    top_row = next(r for r in curve["levels"] if abs(r["level"] - round(top, 4)) < 1e-9)
     verdict = {True: "held: SFT forgot more than RL", False: "was reversed: RL forgot more than SFT",
                None: "was not resolved: the interval contains 0"}[held]
+    half = split["examples"]["estimation"][0]
     statement = (
-        f"At matched {score} (final models; both reach >= {level:.0%}), the least-forgetting SFT model "
-        f"({best_sft.key}, new task {best_sft.new_success:.0%}) forgot {best_sft.forgetting:+.3f} and the "
-        f"least-forgetting RL model ({best_rl.key}, new task {best_rl.new_success:.0%}) forgot "
-        f"{best_rl.forgetting:+.3f} of pi0's {retention}. SFT minus RL: {difference.estimate:+.3f} "
-        f"(95 % paired bootstrap interval {difference.low:+.3f} to {difference.high:+.3f}). The paper's finding "
-        f"{verdict}.")
-    return {"held": held, "level": level, "rl_point": best_rl.key, "sft_point": best_sft.key,
-            "rl_forgetting": best_rl.forgetting, "sft_forgetting": best_sft.forgetting,
-            "sft_minus_rl": difference.to_dict(), "statement": statement}
+        f"At matched {score} (final models), the pair was chosen on one half of the evaluation examples (both "
+        f"families reach >= {split['level']:.0%} there) and measured on the other half ({half} per task): "
+        f"SFT ({split['sft_point']}, new task {split['sft_new_task']:.0%}) forgot {split['sft_forgetting']:+.3f} and "
+        f"RL ({split['rl_point']}, new task {split['rl_new_task']:.0%}) forgot {split['rl_forgetting']:+.3f} of "
+        f"pi0's {retention}. SFT minus RL: {d['estimate']:+.3f} (95 % bootstrap interval {d['low']:+.3f} to "
+        f"{d['high']:+.3f}). The paper's finding {verdict}."
+        + ("" if top_row["sft_minus_rl"] is None else
+           f" Along the two trade-off curves (interpolated, every example), at {top_row['level']:.0%} {score}: "
+           f"SFT minus RL {top_row['sft_minus_rl']['estimate']:+.3f} ({top_row['sft_minus_rl']['low']:+.3f} to "
+           f"{top_row['sft_minus_rl']['high']:+.3f})."))
+    return {"held": held, **split, "tradeoff": curve, "same_episodes": old, "statement": statement}
+
+
+def same_episodes(finals: list[Point], pi0: Point, retention_tasks: list[str]) -> dict[str, Any]:
+    """The estimate of earlier reports: at the highest new-task score both families reach, each family's
+    least-forgetting final model, chosen and compared on the same episodes (biased towards the chosen pair:
+    the winner's curse); kept to compare with them."""
+    rl = [p for p in finals if p.family == "rl"]
+    sft = [p for p in finals if p.family == "sft"]
+    level = min(max(p.new_success for p in rl), max(p.new_success for p in sft))
+    best_rl, best_sft = least_forgetting(rl, level), least_forgetting(sft, level)
+    difference = paired_difference(best_rl.outcomes, best_sft.outcomes, retention_tasks)
+    return {"level": level, "rl_point": best_rl.key, "sft_point": best_sft.key, "rl_forgetting": best_rl.forgetting,
+            "sft_forgetting": best_sft.forgetting, "sft_minus_rl": difference.to_dict(),
+            "method": "chosen and estimated on the same episodes (biased: kept for comparison)"}
 
 
 def analyse(pi0: Point, points: list[Point], retention_tasks: list[str], levels: list[float],
@@ -199,7 +251,7 @@ def analyse(pi0: Point, points: list[Point], retention_tasks: list[str], levels:
         "fit_forward_kl_new": fit_curve(points),
         "pareto": {family: [p.key for p in pareto([q for q in points if q.family == family])]
                    for family in sorted({p.family for p in points})},
-        "matched": matched(points, pi0, retention_tasks, levels),
-        "finding": finding(points, pi0, retention_tasks, **finding_words),
+        "matched": matched(finals, pi0, retention_tasks, levels),
+        "finding": finding(points, pi0, retention_tasks, levels=levels, **finding_words),
         "retention_tasks": retention_tasks,
     }

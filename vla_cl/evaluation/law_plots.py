@@ -102,21 +102,26 @@ def plot_r2(law: dict, path: Path, finals_label: str = "final policies only") ->
     save(fig, ax, path, legend={"fontsize": 8}, grid=False)
 
 
-def r2_rows(law: dict, paper: dict[str, float], final_label: str, paper_label: str) -> str:
+def r2_rows(law: dict, final_label: str, names: dict[str, str] | None = None) -> str:
     """The report's R^2 table as HTML: per predictor the in-sample R^2 over all points, how far it can be
-    trusted (``law["r2_trust"]``: adjusted, leave-one-out, bootstrap interval, Spearman; absent in older
-    ``law.json`` files), the R^2 over final models and the paper's value where there is one."""
+    trusted (``law["r2_trust"]``: adjusted, leave-one-out, bootstrap interval, Spearman; the fit weighted by each
+    point's sampling noise; absent in older ``law.json`` files) and the R^2 over final models. ``names``: a
+    predictor's wording where its code name would mislead."""
     import html
 
-    trust = lambda n, key: fmt((law.get("r2_trust", {}).get(n) or {}).get(key))
-    rows = [[html.escape(n), fmt(law["r2"].get(n)), trust(n, "adjusted_r2"), trust(n, "loo_r2"),
-             f"{trust(n, 'r2_low')} to {trust(n, 'r2_high')}", trust(n, "spearman"), fmt(law["r2_final"].get(n)),
-             fmt(paper.get(n), 2)] for n in PREDICTORS]
+    trust = lambda n, key, part=None: fmt(((law.get("r2_trust", {}).get(n) or {}).get(part) or {}).get(key)
+                                          if part else (law.get("r2_trust", {}).get(n) or {}).get(key))
+    rows = [[html.escape((names or {}).get(n, n)), fmt(law["r2"].get(n)), trust(n, "adjusted_r2"), trust(n, "loo_r2"),
+             f"{trust(n, 'r2_low')} to {trust(n, 'r2_high')}", trust(n, "spearman"), trust(n, "r2", "weighted"),
+             trust(n, "loo_r2", "weighted"), fmt(law["r2_final"].get(n))] for n in PREDICTORS]
     header = ["predictor", "all points", "adjusted", "leave-one-out", "95 % interval (bootstrap over points)",
-              "Spearman", final_label, paper_label]
+              "Spearman", "weighted", "weighted leave-one-out", final_label]
     note = ("<p>A 3-parameter curve fitted to a few points: the adjusted and leave-one-out R<sup>2</sup>, the "
             "interval and the rank correlation say how far the in-sample R<sup>2</sup> can be trusted "
-            "(<code>vla_cl.kl.fit.fit_trust</code>).</p>")
+            "(<code>vla_cl.kl.fit.fit_trust</code>). <i>Weighted</i>: each point weighted by 1 / the binomial "
+            "variance of its forgetting (<code>vla_cl.evaluation.law.forgetting_variance</code>), so points measured "
+            "on fewer episodes count less. The paper's own R<sup>2</sup> values are not shown: this project could not "
+            "check them against the paper's tables, row by row.</p>")
     return table(header, rows) + "\n" + note
 
 

@@ -40,21 +40,34 @@ class FitResult:
         return np.polyval(self.coefficients, np.asarray(x, dtype=np.float64))
 
 
-def r_squared(y: np.ndarray, fitted: np.ndarray) -> float:
-    """1 - SS_res / SS_tot; undefined (raises) when y is constant."""
-    ss_tot = float(np.sum((y - y.mean()) ** 2))
+def r_squared(y: np.ndarray, fitted: np.ndarray, weights: np.ndarray | None = None) -> float:
+    """1 - SS_res / SS_tot (with ``weights``: both sums weighted, about the weighted mean); undefined (raises)
+    when y is constant."""
+    w = np.ones_like(y) if weights is None else weights
+    ss_tot = float(np.sum(w * (y - np.average(y, weights=w)) ** 2))
     if ss_tot == 0.0:
         raise ValueError(f"y is constant ({float(y[0])}): R^2 is undefined")
-    return 1.0 - float(np.sum((y - fitted) ** 2)) / ss_tot
+    return 1.0 - float(np.sum(w * (y - fitted) ** 2)) / ss_tot
 
 
-def fit_forgetting(x: Any, y: Any, degree: int = 2) -> FitResult:
-    """Fit forgetting ``y`` against predictor ``x`` with a polynomial of ``degree`` and report R^2."""
+def _polyfit(x: np.ndarray, y: np.ndarray, degree: int, weights: np.ndarray | None) -> np.ndarray:
+    """Least squares, each squared residual weighted by ``weights`` (numpy's w multiplies the residual)."""
+    return np.polyfit(x, y, degree, w=None if weights is None else np.sqrt(weights))
+
+
+def fit_forgetting(x: Any, y: Any, degree: int = 2, weights: Any = None) -> FitResult:
+    """Fit forgetting ``y`` against predictor ``x`` with a polynomial of ``degree`` and report R^2. ``weights``
+    (one per point, > 0; e.g. 1 / each point's sampling variance) make it a weighted least-squares fit whose
+    R^2 weighs the points alike."""
     if not isinstance(degree, int) or degree < 0:
         raise ValueError(f"degree must be an int >= 0, got {degree!r}")
     x, y = finite_vector("x", x), finite_vector("y", y)
     if x.shape != y.shape:
         raise ValueError(f"x and y must have the same length, got {x.shape[0]} and {y.shape[0]}")
+    if weights is not None:
+        weights = finite_vector("weights", weights)
+        if weights.shape != x.shape or (weights <= 0).any():
+            raise ValueError(f"weights must hold one value > 0 per point ({x.shape[0]}), got {weights.tolist()}")
     if x.shape[0] < degree + 1:
         raise ValueError(f"a degree-{degree} fit needs at least {degree + 1} points, got {x.shape[0]}")
     if np.ptp(x) == 0.0:
@@ -63,10 +76,9 @@ def fit_forgetting(x: Any, y: Any, degree: int = 2) -> FitResult:
         raise ValueError(
             f"a degree-{degree} fit needs {degree + 1} distinct x values, got {np.unique(x).size}"
         )
-    coefficients = np.polyfit(x, y, degree)
-    return FitResult(
-        coefficients=coefficients, r2=r_squared(y, np.polyval(coefficients, x)), degree=degree, n=x.shape[0]
-    )
+    coefficients = _polyfit(x, y, degree, weights)
+    return FitResult(coefficients=coefficients, r2=r_squared(y, np.polyval(coefficients, x), weights),
+                     degree=degree, n=x.shape[0])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,10 +105,12 @@ class FitTrust:
         return dataclasses.asdict(self)
 
 
-def fit_trust(x: Any, y: Any, degree: int = 2, resamples: int = 1000, seed: int = 0) -> FitTrust:
-    """``fit_forgetting``'s R^2 with the measures of :class:`FitTrust` (raises like ``fit_forgetting``)."""
-    fit = fit_forgetting(x, y, degree)
+def fit_trust(x: Any, y: Any, degree: int = 2, resamples: int = 1000, seed: int = 0, weights: Any = None) -> FitTrust:
+    """``fit_forgetting``'s R^2 with the measures of :class:`FitTrust` (raises like ``fit_forgetting``); with
+    ``weights`` every measure is the weighted one (the rank correlation stays unweighted)."""
+    fit = fit_forgetting(x, y, degree, weights)
     x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    w = np.ones_like(x) if weights is None else np.asarray(weights, dtype=np.float64)
     n, p = x.shape[0], degree + 1
     adjusted = 1.0 - (1.0 - fit.r2) * (n - 1) / (n - p) if n > p else None
     loo = None
@@ -105,16 +119,16 @@ def fit_trust(x: Any, y: Any, degree: int = 2, resamples: int = 1000, seed: int 
         for i in range(n):
             keep = np.arange(n) != i
             if np.unique(x[keep]).size > degree:
-                residuals.append(y[i] - np.polyval(np.polyfit(x[keep], y[keep], degree), x[i]))
+                residuals.append(y[i] - np.polyval(_polyfit(x[keep], y[keep], degree, w[keep]), x[i]))
         if len(residuals) == n:
-            loo = 1.0 - float(np.sum(np.square(residuals))) / float(np.sum((y - y.mean()) ** 2))
+            loo = 1.0 - float(np.sum(w * np.square(residuals))) / float(np.sum(w * (y - np.average(y, weights=w)) ** 2))
     rng = np.random.default_rng(seed)
     draws = []
     for _ in range(resamples):
         rows = rng.integers(0, n, n)
-        xs, ys = x[rows], y[rows]
+        xs, ys, ws = x[rows], y[rows], w[rows]
         if np.unique(xs).size > degree and np.ptp(ys) > 0:
-            draws.append(r_squared(ys, np.polyval(np.polyfit(xs, ys, degree), xs)))
+            draws.append(r_squared(ys, np.polyval(_polyfit(xs, ys, degree, ws), xs), ws))
     low, high = (float(v) for v in np.percentile(draws, [2.5, 97.5])) if len(draws) >= 0.5 * resamples \
         else (None, None)
     return FitTrust(fit.r2, adjusted, loo, low, high, spearman(x, y), n)

@@ -103,6 +103,9 @@ def plan(config: Any) -> list[StageWork]:
                   f"{config.rl_episodes} episodes, {len(sft)} SFT runs ({config.num_envs} envs per run)"),
         StageWork("evaluation", finals * full + snapshots * snapshot + probes, 0,
                   f"{finals} final policies on every axis, {snapshots} snapshots in-distribution, probes"),
+        *([StageWork("greedy", (finals + 1) * cells(suite, ["in_distribution"]), 0,
+                     f"pi0 and {finals} final policies on the retention tasks, greedy")] if config.greedy_retention
+          else []),
     ]
 
 

@@ -123,6 +123,8 @@ class RazorConfig(RunConfig):
     seeds: int = option(1, "training seeds per setting (seed, seed+1, ...)")
     # --- measurement
     snapshot_episodes: int = option(16, "episodes per task of mid-training policies (in_distribution axis only)")
+    greedy_retention: bool = option(True, "also evaluate pi0 and the final policies on the retention tasks with "
+                                    "argmax actions (in-distribution axis), beside the sampled evaluation")
     probe_episodes: int = option(16, "pi0 episodes on the new task whose states form the forward-KL probe set")
     old_probe_episodes: int = option(8, "pi0 episodes per retention task for the old-task predictors")
     videos: bool = option(True, "rollout videos of pi0, the best RL and the best SFT policy")

@@ -1,13 +1,16 @@
 """The forgetting law on robots: suite results turned into the shared law's points (``vla_cl.evaluation.law``).
 
 A robot point's outcomes are, per retention task, each episode's success on the in-distribution axis keyed
-by its reset seed, so pi0 and a fine-tuned policy pair episode by episode. Snapshot points come from fewer
-episodes than final ones, so they are noisier: the report's ``r2_final`` uses final policies only, and the
-finding compares final policies (every axis and the suite's full episodes, so that the selection of "the
-best" is not driven by the noise of a 16-episode snapshot).
+by its reset seed, so pi0 and a fine-tuned policy pair episode by episode; its new-task outcomes likewise.
+Snapshot points come from fewer episodes than final ones, so they are noisier: the report's ``r2_final`` uses
+final policies only, the weighted fits weigh each point by its episodes' binomial variance, and the finding
+compares final policies only (``vla_cl.evaluation.comparison``: the pair chosen on one half of the episodes
+and measured on the other, and interpolated trade-off curves).
 """
 
 from __future__ import annotations
+
+import re
 
 from vla_cl.evaluation.law import (  # noqa: F401  (the robot experiment's view of the shared law)
     Point,
@@ -39,5 +42,9 @@ def paired_difference(first: SuiteResult, second: SuiteResult, tasks: list[str],
 
 def make_point(key: str, method: str, family: str, setting: str, step: int, final: bool, result: SuiteResult,
                pi0: SuiteResult, new_task: str, retention_tasks: list[str], predictors: dict[str, float]) -> Point:
+    """A robot point; replicas of one arm (the same method and setting at training seeds ``_s0``, ``_s1``, ...)
+    share ``arm``."""
     return _make_point(key, method, family, setting, step, final, result.success(new_task, AXIS),
-                       outcomes(result, retention_tasks), outcomes(pi0, retention_tasks), predictors, result)
+                       outcomes(result, retention_tasks), outcomes(pi0, retention_tasks), predictors, result,
+                       new_outcomes=outcomes(result, [new_task])[new_task],
+                       arm=f"{method}_{re.sub(r'_s[0-9]+$', '', setting)}" if method != "pi0" else "pi0")

@@ -222,3 +222,20 @@ def evaluate_all(config: Any, pi0: str, trials: list[dict], evaluations: Path, f
     measure_predictors([(e["key"], Path(e["folder"])) for e in policies], reference, folder / "predictors",
                        device=config.device)
     return {"policies": policies, "snapshot_episodes": short.episodes, "final_episodes": suite.episodes}
+
+
+def evaluate_greedy(config: Any, pi0: str, trials: list[dict], folder: Path, workers: int) -> dict:
+    """pi0 and every final policy on the retention tasks (in-distribution axis, the suite's episodes and seeds)
+    acting greedily: sampled success rewards a policy that merely sharpens its action distribution, argmax
+    actions do not. Lands in ``folder/<policy key>/``."""
+    from vla_cl.evaluation import Evaluator
+
+    suite = config.retention_suite().with_task_options(config.env_options())
+    suite = suite.replace(name=f"{suite.name} (greedy)", axes=["in_distribution"], greedy=True)
+    who = [("pi0", pi0), *((e["key"], e["folder"]) for e in policies_of(trials) if e["final"])]
+    with Evaluator(suite, workers=workers, progress=config.progress, device=config.device) as evaluate:
+        for key, policy in who:
+            result = evaluate(policy, out_dir=folder / key, label=f"{key} (greedy)")
+            print(f"[razor]   {key} greedy: " + ", ".join(f"{t.split('/')[-1]} {result.success(t):.0%}"
+                                                          for t in suite.task_ids), flush=True)
+    return {"policies": len(who), "episodes": suite.episodes}

@@ -11,6 +11,7 @@ finished (and resumed where it stopped otherwise):
     sweep       PPO / SFT / hybrids (and REINFORCE in preset=paper) on the new task
     evaluation  every final policy (every axis) and mid-training snapshot (in-distribution) on the suite,
                 and every forgetting predictor
+    greedy      pi0 and every final policy on the retention tasks with argmax actions (``greedy_retention``)
     law         the fits, Pareto frontiers, matched-success comparisons and the finding
     report      summary.json, report.html with plots and videos
 
@@ -134,6 +135,10 @@ def run(config: RazorConfig, run_dir: RunDir) -> int:
                                                                    workers if config.device == "cpu" else 1, log)])
     stages("evaluation", "every fine-tuned policy on the suite, and every forgetting predictor",
            lambda f: measure_stage.evaluate_all(config, pi0, trials, evaluations, f, workers))
+    if config.greedy_retention:
+        stages("greedy", "pi0 and every final policy on the retention tasks, greedy actions",
+               lambda f: measure_stage.evaluate_greedy(config, pi0, trials, run_dir.path / "evaluation_greedy",
+                                                       workers))
     law = stages("law", "forgetting law: fits, Pareto frontiers, matched-success comparison",
                  lambda f: report_stage.analyse(config, pi0, trials, evaluations, run_dir.path / "evaluation", f))
     stages("report", "summary.json, report.html, videos",

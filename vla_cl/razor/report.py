@@ -26,9 +26,6 @@ from vla_cl.runs import latest_report
 
 ASSETS = "report_assets"
 FAMILY_LABELS = {"rl": "RL (PPO / REINFORCE)", "sft": "SFT", "hybrid": "hybrids (SFT+KL, distill)", "pi0": "pi0"}
-# Table 1 of the paper (ParityMNIST), for reference next to the robot R^2.
-PAPER_R2 = {"forward_kl_new": 0.96, "reverse_kl_new": 0.93, "tv_new": 0.80, "l2_new": 0.56, "weight_l1": 0.34,
-            "weight_fisher_l2": 0.58, "weight_spectral": 0.58, "activation_l1": 0.52, "activation_l2": 0.55}
 
 
 # ------------------------------------------------------------------------------------------ analysis
@@ -60,6 +57,7 @@ def analyse(config: Any, pi0_folder: str, trials: list[dict], evaluations: Path,
         "new_task": config.new_task,
         "episodes": {"final": points and finals[0].result.cell(config.new_task).episodes,
                      "snapshot": next((p.result.cell(config.new_task).episodes for p in points if not p.final), None)},
+        "retention_modes": retention_modes(pi0, finals, tasks, evaluations.parent / "evaluation_greedy"),
     }
     write_json_atomic(folder / "law.json", out)
     for name in ("forward_kl_new", *[n for n in PREDICTORS if n != "forward_kl_new"]):
@@ -69,6 +67,22 @@ def analyse(config: Any, pi0_folder: str, trials: list[dict], evaluations: Path,
                  f"{fmt(trust['r2_high'])}, Spearman {fmt(trust['spearman'])}; {trust['n']} points)" if trust else ""),
               flush=True)
     print(f"[razor]   {out['finding']['statement']}", flush=True)
+    return out
+
+
+def retention_modes(pi0: L.Point, finals: list[L.Point], tasks: list[str], greedy: Path) -> dict[str, Any] | None:
+    """Per final policy, forgetting per retention task and its mean, from sampled actions (the suite's
+    evaluation) and from greedy ones (``greedy/<key>``, when that stage ran), each with paired intervals
+    (``vla_cl.evaluation.retention``)."""
+    from vla_cl.evaluation.retention import retention
+
+    if not (greedy / "pi0" / "result.json").exists():
+        return None
+    base = read_result(greedy / "pi0")
+    out = {"pi0": {"sampled": pi0.retention, "greedy": {t: base.success(t) for t in tasks}}, "policies": {}}
+    for p in finals:
+        out["policies"][p.key] = {"sampled": retention(pi0.result, p.result, tasks).to_dict(),
+                                  "greedy": retention(base, read_result(greedy / p.key), tasks).to_dict()}
     return out
 
 
@@ -149,14 +163,15 @@ def policy_device(policy: Any) -> Any:
 def videos(config: Any, pi0: str, law: dict, trials: list[dict], assets: Path) -> list[dict]:
     folders = {e["key"]: e["folder"] for e in policies_of(trials)}
     finding = law["finding"]
+    chosen = {family: (finding.get(f"{family}_models") or [None])[0] for family in ("rl", "sft")}
     who = [("pi0", pi0)]
-    for name, key in (("best RL", finding.get("rl_point")), ("best SFT", finding.get("sft_point"))):
+    for name, key in (("best RL", chosen["rl"]), ("best SFT", chosen["sft"])):
         if key:
             who.append((f"{name} ({key.replace('__', ' ')})", folders[key]))
     points = {p["key"]: p for p in law["points"]}
     tasks = law["retention_tasks"]
-    gap = lambda t: abs(points[finding["rl_point"]]["retention"][t] - points[finding["sft_point"]]["retention"][t]) \
-        if finding.get("rl_point") and finding.get("sft_point") else 0.0
+    gap = lambda t: abs(points[chosen["rl"]]["retention"][t] - points[chosen["sft"]]["retention"][t]) \
+        if chosen["rl"] and chosen["sft"] else 0.0
     retained = max(tasks, key=gap)  # the retention task where the two differ most
     seed = config.retention_suite().seeds[0]
     out = []
@@ -212,6 +227,8 @@ def page(config: Any, law: dict, results: dict[str, Any], clips: list[dict], tim
             matched_rows.append([e(FAMILY_LABELS.get(family, family)), f"{r['level']:.0%}",
                                  e(names.get(r.get("point"), "not reached")) if r["reached"] else "not reached",
                                  "" if not r["reached"] else f"{f['estimate']:+.3f} ({f['low']:+.3f} to {f['high']:+.3f})"])
+    curve_rows = tradeoff_rows(finding)
+    mode_rows = retention_mode_rows(law.get("retention_modes"), names, tasks)
     run_rows = [[e(p["method"]), e(p["setting"]), str(p["checkpoint_step"]) + ("" if not p["final"] else " (final)"),
                  f"{p['new_task_success']:.0%}", *[f"{p['retention'][t]:.0%}" for t in tasks],
                  f"{p['forgetting']:+.3f}", fmt(p["forward_kl_new"])] for p in law["points"]]
@@ -254,10 +271,24 @@ Design targets: {", ".join(f"{e(k)}: {'met' if v else 'MISSED'}" for k, v in che
 <img src="{ASSETS}/forgetting_vs_kl.png" alt="forgetting against the forward KL on the new task" width="620">
 <img src="{ASSETS}/r2.png" alt="R squared per predictor" width="620">
 <h3>R<sup>2</sup> of each predictor (2nd-degree fit of forgetting)</h3>
-{r2_rows(law, PAPER_R2, "final policies", "paper (ParityMNIST)")}
+{r2_rows(law, "final policies")}
 <p>ParityMNIST mechanism check in this run: R<sup>2</sup>(forward KL on the new task) = {fmt(parity_r2)}.</p>
-<h3>Forgetting at matched new-task success</h3>
+<h3>SFT against RL along the trade-off curves</h3>
+<p>Each family's forgetting interpolated linearly from pi0 through its final policies by new-task success (no
+policy is selected, so no winner's curse); intervals resample episodes{" and training seeds" if config.seeds > 1 else ""}.</p>
+{table(["new-task success", "RL forgetting (95 % CI)", "SFT forgetting (95 % CI)", "SFT minus RL (95 % CI)",
+        "draws reaching it"], curve_rows)}
+<p>"Draws reaching it": the share of bootstrap draws in which both curves reach the level; below 100 % the interval
+is over those draws only, so it is optimistic at the top of the range.</p>
+<h3>Forgetting at matched new-task success (final policies)</h3>
+<p>Descriptive: the least-forgetting final policy of each family reaching a level, chosen and measured on the same
+episodes, so a family with more policies looks better; the finding above chooses and measures on separate halves.</p>
 {table(["method", "new-task success at least", "least-forgetting policy", "forgetting vs pi0 (95 % CI)"], matched_rows)}
+<h3>Retention acting greedily and sampling</h3>
+{"<p>Greedy retention was not evaluated in this run (greedy_retention=false).</p>" if not mode_rows else
+ "<p>Forgetting per retention task and its mean (pi0's success minus the policy's, paired episodes, 95 % CI), with "
+ "sampled actions (the suite's evaluation) and argmax actions. Sampling rewards a policy that merely sharpens; "
+ "argmax does not.</p>" + table(["policy", "actions", *[e(t) for t in tasks], "mean"], mode_rows)}
 <h2>Success per task (in-distribution)</h2>
 {table(["policy", *[e(t) for t in tasks], e(new) + " (new)"], success_rows)}
 <h2>Generalisation axes</h2>
@@ -270,6 +301,28 @@ Design targets: {", ".join(f"{e(k)}: {'met' if v else 'MISSED'}" for k, v in che
 {table(["stage", "seconds"], timing_rows)}
 </body></html>
 """
+
+
+def _ci(d: dict | None) -> str:
+    return "" if d is None else f"{d['estimate']:+.3f} ({d['low']:+.3f} to {d['high']:+.3f})"
+
+
+def tradeoff_rows(finding: dict) -> list[list[str]]:
+    reach = lambda r: "" if r["sft_minus_rl"] is None else f"{r['sft_minus_rl']['defined_in']:.0%}"
+    return [[f"{r['level']:.0%}", _ci(r["rl"]) or "not reached", _ci(r["sft"]) or "not reached",
+             _ci(r["sft_minus_rl"]), reach(r)] for r in finding.get("tradeoff", {}).get("levels", [])]
+
+
+def retention_mode_rows(modes: dict | None, names: dict[str, str], tasks: list[str]) -> list[list[str]]:
+    if not modes:
+        return []
+    rows = [["pi0 (success)", mode, *[f"{modes['pi0'][mode][t]:.0%}" for t in tasks], ""] for mode in ("sampled", "greedy")]
+    for key, both in modes["policies"].items():
+        for mode in ("sampled", "greedy"):
+            r = both[mode]
+            rows.append([html.escape(names.get(key, key)), mode, *[_ci(r["forgetting"][t]) for t in tasks],
+                         _ci(r["mean_forgetting"])])
+    return rows
 
 
 def write(config: Any, pi0: str, trials: list[dict], law: dict, run_dir: Any, folder: Path) -> dict:
@@ -292,7 +345,7 @@ def write(config: Any, pi0: str, trials: list[dict], law: dict, run_dir: Any, fo
     parity_r2 = json.loads(parity.read_text())["result"].get("r2_forward_kl_new") if parity.exists() else None
     summary = {"new_task": config.new_task, "retention_tasks": law["retention_tasks"], "pi0": law["pi0"],
                "runs": law["points"], "r2": law["r2"], "r2_final_only": law["r2_final"],
-               "r2_trust": law.get("r2_trust"),
+               "r2_trust": law.get("r2_trust"), "retention_modes": law.get("retention_modes"),
                "pareto": law["pareto"], "matched": law["matched"], "finding": law["finding"],
                "episodes": law["episodes"], "design_checks": law["design_checks"], "videos": clips,
                "parity_r2_forward_kl_new": parity_r2, "setting": setting(config),
