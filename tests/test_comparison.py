@@ -151,7 +151,7 @@ def test_the_trust_table_weighs_snapshots_less_than_final_models():
     base = model("pi0", "pi0", [[1] * 50] * 3, [0] * 50)
     specs = [model(f"f{i}", "rl", [[1] * (50 - 5 * i) + [0] * (5 * i)] * 3, [1] * 50) for i in range(4)]
     specs.append(model("snap", "rl", [[0] * 16] * 3, [1] * 16, final=False))  # far off the law, 16 episodes
-    pi0, points = points_of(base, *specs)
+    _, points = points_of(base, *specs)
     for p, kl in zip(points, [0.0, 1.0, 2.0, 3.0, 0.5]):
         p.predictors["forward_kl_new"] = kl
     trust = L.r2_trust_table(points)["forward_kl_new"]
