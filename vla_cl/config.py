@@ -56,6 +56,25 @@ def require_choice(field: str, value: Any, choices: Iterable[Any]) -> None:
 
 
 @dataclasses.dataclass
+class RayConfig:
+    """Where a command's parallel jobs run (``vla_cl.workers``); none of it changes a result."""
+
+    executor: str = option("auto", "process, ray or auto (ray when installed)", affects_results=False)
+    address: str | None = option(None, "a running Ray cluster, HOST:PORT or ray://HOST:PORT (None: a local Ray "
+                                 "instance for this command)", affects_results=False)
+    retries: int = option(2, "times a job whose Ray worker died is run again", affects_results=False)
+
+    def __post_init__(self) -> None:
+        require(self.executor in EXECUTORS, "ray.executor", self.executor, " or ".join(EXECUTORS))
+        require(self.retries >= 0, "ray.retries", self.retries, "an integer >= 0")
+        require(self.address is None or self.executor != "process", "ray.address", self.address,
+                "None with ray.executor=process (an address asks for Ray)")
+
+
+EXECUTORS = ("auto", "process", "ray")
+
+
+@dataclasses.dataclass
 class RunConfig:
     """Fields every command accepts."""
 
@@ -63,6 +82,9 @@ class RunConfig:
         None, "run directory; None means runs/<command>/<timestamp>", affects_results=False
     )
     seed: int = option(0, "random seed for everything the run draws")
+    ray: RayConfig = dataclasses.field(default_factory=RayConfig, metadata={
+        "help": "where parallel jobs run: ray.executor (auto, process, ray), ray.address, ray.retries",
+        "affects_results": False})
 
     def __post_init__(self) -> None:
         self.check_run_fields()

@@ -89,13 +89,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     from vla_cl.errors import USER_ERRORS
 
     cmd = COMMANDS[name]
-    run_dir = None
+    run_dir = previous_workers = None
     restore_warnings = _show_each_warning_once()
     try:
         from vla_cl.cli.compose import compose
         from vla_cl.runs import RunDir
 
         config = compose(name, cmd.load_schema(), overrides)
+        from vla_cl import workers
+
+        previous_workers = workers.use(config.ray)  # where parallel jobs run; an unreachable Ray address stops here
         run_dir = RunDir.open(config.out_dir, name, config, argv=["vla-cl", *args])
         print(f"[vla-cl] {name}: run directory {run_dir.path}", flush=True)
         status = cmd.load_run()(config, run_dir)
@@ -116,6 +119,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return CRASH_EXIT
     finally:
         restore_warnings()
+        if previous_workers is not None:
+            workers.use(previous_workers)
         if run_dir is not None:
             run_dir.close()
     return int(status or 0)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import re
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -52,9 +51,8 @@ def expert_demos(tasks: list[str], n: int, seed: int, root: Path, *, obs_mode: s
                  camera_size: int | None = None, workers: int = 1, log: Any = None) -> list:
     """Each task's expert demonstrations in ``root/<task>/``: read when already there (recorded the same way),
     else recorded (tasks in parallel processes). Episode k of every task is attempted from seed ``seed + k``."""
-    import multiprocessing
-
     from vla_cl.envs.demos import load_demos
+    from vla_cl.workers import pool as worker_pool
 
     options = {"obs_mode": obs_mode, "image_size": image_size, "camera_size": camera_size}
     todo = [t for t in tasks if _cached(root / task_slug(t), t, n, seed, options) is None]
@@ -62,7 +60,7 @@ def expert_demos(tasks: list[str], n: int, seed: int, root: Path, *, obs_mode: s
         start = time.perf_counter()
         args = [(t, n, seed, str(root / task_slug(t)), options) for t in todo]
         if workers > 1 and len(todo) > 1:
-            with ProcessPoolExecutor(min(workers, len(todo)), mp_context=multiprocessing.get_context("spawn")) as pool:
+            with worker_pool(min(workers, len(todo))) as pool:
                 list(pool.map(_collect_one, *zip(*args)))
         else:
             for a in args:

@@ -46,7 +46,7 @@ import re
 import shutil
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Executor
 from pathlib import Path
 from typing import Any
 
@@ -293,14 +293,13 @@ class Evaluator:
         # a policy on an accelerator is loaded once, in this process (its jobs batch through suite.num_envs)
         if device != "cpu":
             self.workers = 1
-        self._pool: ProcessPoolExecutor | None = None
+        self._pool: Executor | None = None
 
-    def _executor(self) -> ProcessPoolExecutor:
+    def _executor(self) -> Executor:
         if self._pool is None:
-            import multiprocessing
+            from vla_cl.workers import pool
 
-            self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
-                                             initializer=_init_worker)
+            self._pool = pool(self.workers, initializer=_init_worker)
         return self._pool
 
     def close(self) -> None:

@@ -155,8 +155,7 @@ def stage_evaluation(config: LLMConfig, held: list[dict], runs: list[dict], prob
     """Every kept adapter, split round-robin over ``workers`` processes that share the cores; a point whose JSON
     exists (from an interrupted earlier run) is not evaluated again. On 2 cores one process with 2 threads was
     faster than 2 processes with one each (measured), hence the default of 1."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
+    from vla_cl.workers import pool as worker_pool
 
     pending = [p for p in points_of(runs) if not (folder / f"{p['key']}.json").exists()]
     workers = min(resolve_workers(config.workers), max(1, len(pending)))
@@ -164,8 +163,7 @@ def stage_evaluation(config: LLMConfig, held: list[dict], runs: list[dict], prob
         _evaluate_points(config, held, pending, probes, folder, torch.get_num_threads())
     else:
         threads = max(1, resolve_workers(0) // workers)
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                 initializer=_die_with_parent) as pool:
+        with worker_pool(workers, initializer=_die_with_parent) as pool:
             jobs = [pool.submit(_evaluate_points, config, held, pending[i::workers], probes, folder, threads)
                     for i in range(workers)]
             for job in jobs:

@@ -17,10 +17,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import multiprocessing
 import os
 import sys
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import as_completed
 from pathlib import Path
 from typing import Any
 
@@ -289,11 +288,11 @@ def run_sweep(
             finally:
                 torch.set_num_threads(threads)
         else:
-            # spawn, not fork: a forked child of a process that already ran torch can deadlock in OpenMP.
-            context = multiprocessing.get_context("spawn")
-            pool = ProcessPoolExecutor(
-                workers, mp_context=context, initializer=init_worker, initargs=initargs
-            )
+            # spawned processes or Ray tasks (vla_cl.workers), never forked: a forked child of a process
+            # that already ran torch can deadlock in OpenMP.
+            from vla_cl.workers import pool as worker_pool
+
+            pool = worker_pool(workers, initializer=init_worker, initargs=initargs)
             try:
                 futures = [pool.submit(run_one, spec) for spec in todo]
                 for future in as_completed(futures):

@@ -1,4 +1,5 @@
-"""The razor sweep: every fine-tuning run of the new task, in parallel worker processes, resumable.
+"""The razor sweep: every fine-tuning run of the new task, in parallel (``vla_cl.workers``: processes or Ray
+tasks), resumable.
 
 Each trial is a ``vla-cl train`` run in ``sweep/<trial id>/`` (its config built from typed layers and
 validated like the command line's, ``build_train_config``), from the same pi0 and with the experiment's common settings; its mid-training snapshots
@@ -13,13 +14,13 @@ the one with the highest final in-loop success on the new task (ties: the lower 
 from __future__ import annotations
 
 import json
-import multiprocessing
 import time
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, wait
 from pathlib import Path
 from typing import Any
 
 from vla_cl.razor.config import RL_METHODS, RazorConfig, Trial
+from vla_cl.workers import pool as worker_pool
 
 SUMMARY = "summary.json"
 
@@ -92,8 +93,7 @@ def run_sweep(config: RazorConfig, folder: Path, pi0: Path, demos: Path, workers
     todo.sort(key=lambda t: (t.method not in RL_METHODS, trials.index(t)))
     distill: list[Trial] = []
     pending: dict[Any, Trial] = {}
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max(1, workers), mp_context=context) as pool:
+    with worker_pool(max(1, workers)) as pool:
         def submit(trial: Trial) -> None:
             log(f"[razor]   trial {trial.id}: started")
             pending[pool.submit(train_trial, trial_layers(trial, common, demos), str(folder / trial.id))] = trial
