@@ -87,6 +87,15 @@ def test_the_bridge_presets_compose_into_the_experiment_their_files_describe(tmp
     assert RazorConfig().label_sigma == 2.0  # the state default keeps its soft labels
 
 
+def test_the_plan_counts_the_snapshots_the_sweep_keeps():
+    from vla_cl.razor import budget
+
+    # RL: 12 iterations, snapshots at 4 and 8; SFT: 40 iterations, at 13, 26 and 39 (the README's 20 in all)
+    assert budget.snapshot_count(12) == 2 and budget.snapshot_count(40) == 3 and budget.snapshot_count(1) == 0
+    evaluation = next(r for r in budget.plan(RazorConfig()) if r.stage == "evaluation")
+    assert "8 final policies" in evaluation.what and "20 snapshots" in evaluation.what
+
+
 def test_a_suite_holding_the_new_task_is_refused(tmp_path):
     suite = tmp_path / "with_new.yaml"
     suite.write_text(f"tasks: [maniskill/PushCube-v1, {NEW}]\nepisodes: 2\n")

@@ -71,6 +71,13 @@ def _steps(task: str, suite: Any) -> int:
     return suite.max_episode_steps or get_spec(task).max_episode_steps
 
 
+def snapshot_count(iterations: int) -> int:
+    """Mid-training snapshots of a razor trial: every third of its iterations (``snapshot_every``), the last one
+    excepted (the final policy)."""
+    every = max(1, iterations // 3)
+    return (iterations - 1) // every
+
+
 def plan(config: Any) -> list[StageWork]:
     """The work of each stage (see the module docstring)."""
     suite, experiment = config.retention_suite(), config.experiment_suite()
@@ -88,7 +95,7 @@ def plan(config: Any) -> list[StageWork]:
     rl_steps = (len(rl) + config.seeds) * rollout  # every RL run and one distillation per training seed
     sft_samples = sum(t.iterations * config.sft_batch for t in sft)
     finals = len(trials) + config.seeds
-    snapshots = 2 * finals
+    snapshots = sum(snapshot_count(t.iterations) for t in trials) + config.seeds * snapshot_count(config.rl_iterations)
     probes = (config.probe_episodes + config.old_probe_episodes * len(suite.task_ids)) * _steps(config.new_task, suite)
     return [
         StageWork("demos", demo_steps + warmup_steps + new_demo_steps, 0,
