@@ -102,25 +102,30 @@ def info_at(infos: dict, i: int) -> dict:
     return out
 
 
-class _Slots:
-    """The collector's view of an env: ``n`` slots reset individually with seeds, stepped together."""
+class Slots:
+    """The collector's view of an env: ``n`` slots reset individually with seeds, stepped together. An env
+    that resets and steps slots itself (``reset_slots``, ``step_slots``: ``vla_cl.envs.remote.RayVectorEnv``)
+    is used through those."""
 
     def __init__(self, env: Any):
         self.vector = isinstance(env, gym.vector.VectorEnv)
         self.env = env
         self.n = env.num_envs if self.vector else 1
+        self.own = hasattr(env, "reset_slots") and hasattr(env, "step_slots")
         if self.vector and env.metadata.get("autoreset_mode") not in (None, gym.vector.AutoresetMode.DISABLED):
             raise ValueError("rollout needs a vector env with autoreset disabled: make_vector(..., autoreset='disabled')")
 
-    def reset(self, slots: Sequence[int], seeds: Sequence[int]) -> dict[int, tuple[dict, dict]]:
+    def reset(self, slots: Sequence[int], seeds: Sequence[int | None]) -> dict[int, tuple[dict, dict]]:
+        if self.own:
+            return self.env.reset_slots(slots, seeds)
         if not self.vector:
-            obs, info = self.env.reset(seed=int(seeds[0]))
+            obs, info = self.env.reset(seed=None if seeds[0] is None else int(seeds[0]))
             return {0: (obs, info)}
         mask = np.zeros(self.n, dtype=bool)
         mask[list(slots)] = True
         seed_list: list[int | None] = [None] * self.n
         for slot, seed in zip(slots, seeds):
-            seed_list[slot] = int(seed)
+            seed_list[slot] = None if seed is None else int(seed)
         # The first reset must cover every sub-env (gymnasium batches all their observations).
         options = None if mask.all() else {"reset_mask": mask}
         obs, infos = self.env.reset(seed=seed_list, options=options)
@@ -128,12 +133,23 @@ class _Slots:
         return {slot: (per_env[slot], info_at(infos, slot)) for slot in slots}
 
     def step(self, actions: np.ndarray) -> list[tuple[dict, float, bool, bool, dict]]:
+        if self.own:
+            return self.env.step_slots(actions)
         if not self.vector:
             return [self.env.step(actions[0])]
         obs, rewards, terms, truncs, infos = self.env.step(actions)
         per_env = unbatch(obs, self.n)
         return [(per_env[i], float(rewards[i]), bool(terms[i]), bool(truncs[i]), info_at(infos, i))
                 for i in range(self.n)]
+
+
+class EnvWorkerLost(RuntimeError):
+    """An env worker (``vla_cl.envs.remote``) died during a call and has been replaced by a fresh one; the
+    collection it was part of must start again."""
+
+    def __init__(self, workers: list[int], slots: list[int], cause: str):
+        self.workers, self.slots = workers, slots
+        super().__init__(f"env worker(s) {workers} (slots {slots}) died ({cause}) and were replaced")
 
 
 def rollout(
@@ -144,16 +160,41 @@ def rollout(
     seed: int = 0,
     on_step: Callable[[Transition], None] | None = None,
     on_reset: Callable[[int, int, dict, dict], None] | None = None,
+    on_restart: Callable[[], None] | None = None,
 ) -> list[Episode]:
     """Run ``n_episodes`` episodes (episode k from seed ``seed + k``); see the module docstring.
 
     ``on_reset(slot, episode, obs, info)`` and ``on_step(transition)`` see every reset and step (demo
     recording, videos). Sub-envs with no episode left restart from unrecorded seeds and keep stepping
     with the policy's actions until the last episode ends.
+
+    When an env worker dies (:class:`EnvWorkerLost`; ``env.max_replacements`` times at most), the episodes
+    not yet finished are discarded and the collection starts again from its first seed with the policy's
+    sampling where it was at the start (``policy.get_state()`` / ``set_state``), so it gives the episodes an
+    uninterrupted collection gives; ``on_restart()`` tells the caller to drop what it recorded.
     """
     if n_episodes < 1:
         raise ValueError(f"n_episodes must be >= 1, got {n_episodes}")
-    slots = _Slots(env)
+    slots = Slots(env)
+    state = policy.get_state() if hasattr(policy, "get_state") else None
+    allowed = int(getattr(env, "max_replacements", 0))
+    for attempt in range(allowed + 1):
+        try:
+            return _collect(policy, slots, n_episodes, seed, on_step, on_reset)
+        except EnvWorkerLost as lost:
+            if attempt == allowed:
+                raise RuntimeError(f"{lost}: {allowed + 1} losses in one collection, more than ray.retries="
+                                   f"{allowed} allows; see `ray status` and the workers' memory, or run with fewer "
+                                   "rollout.env_workers") from None
+            print(f"[rollout] {lost}; collecting the {n_episodes} episodes again from seed {seed}", flush=True)
+            if state is not None:
+                policy.set_state(state)
+            if on_restart is not None:
+                on_restart()
+    raise AssertionError("unreachable")
+
+
+def _collect(policy: Policy, slots: Slots, n_episodes: int, seed: int, on_step, on_reset) -> list[Episode]:
     episodes: list[Episode | None] = [None] * n_episodes
     current: list[Episode | None] = [None] * slots.n
     observations: list[dict | None] = [None] * slots.n
@@ -233,6 +274,12 @@ class RandomPolicy:
     def __init__(self, action_space: gym.spaces.Box, seed: int = 0):
         self.low, self.high = action_space.low, action_space.high
         self.rng = np.random.default_rng(seed)
+
+    def get_state(self) -> dict:
+        return self.rng.bit_generator.state
+
+    def set_state(self, state: dict) -> None:
+        self.rng.bit_generator.state = state
 
     def __call__(self, observations: list) -> np.ndarray:
         return self.rng.uniform(self.low, self.high, size=(len(observations), self.low.shape[0])).astype(np.float32)

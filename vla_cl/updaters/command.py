@@ -30,6 +30,38 @@ from vla_cl.updaters.registry import config_from_options, get_updater_class, opt
 
 PRESETS = ("tiny", "default")
 INIT = 100  # derived-seed stream for weights created here (new value heads, new words)
+INFERENCE = ("learner", "worker")
+
+
+@dataclasses.dataclass
+class RolloutConfig:
+    """Where episodes are collected: the envs in this process (the default) or on Ray env workers, the acting
+    policy in the learner's process or on a Ray inference worker. The episodes are the same either way."""
+
+    env_workers: int = option(0, "Ray actors holding the num_envs envs, split among them (0: in this process)",
+                              affects_results=False)
+    env_worker_cpus: float = option(1.0, "CPUs Ray reserves for each env worker", affects_results=False)
+    placement: str = option("pack", "env workers on as few nodes as fit (pack) or on different nodes (spread)",
+                            affects_results=False)
+    inference: str = option("learner", "who chooses the actions of the updater's own episodes: the learner's "
+                            "process, or a Ray worker holding a copy of the policy synced after each update",
+                            affects_results=False)
+    inference_device: str = option("cpu", "torch device of the inference worker (a GPU is reserved from Ray for "
+                                   "cuda)", affects_results=False)
+
+    def __post_init__(self) -> None:
+        require(self.env_workers >= 0, "rollout.env_workers", self.env_workers, "an integer >= 0 (0: in-process)")
+        require(self.env_worker_cpus > 0, "rollout.env_worker_cpus", self.env_worker_cpus, "a number > 0")
+        require_choice("rollout.placement", self.placement, ("pack", "spread"))
+        require_choice("rollout.inference", self.inference, INFERENCE)
+        try:
+            torch.device(self.inference_device)
+        except RuntimeError:
+            require(False, "rollout.inference_device", self.inference_device, "a torch device string such as cpu")
+
+    @property
+    def remote(self) -> bool:
+        return self.env_workers > 0 or self.inference == "worker"
 
 
 def _invalid(field: str, error: Exception) -> ValueError:
@@ -53,6 +85,9 @@ class TrainConfig(LoopConfig, RunConfig):
     max_episode_steps: int | None = option(None, "episode length for training and evaluation (None = task default)")
     camera_size: int | None = option(None, "width the task's camera renders at before images are resized to the "
                                      "policy's input (None: the task's own; see vla_cl.envs.EnvOptions)")
+    rollout: RolloutConfig = dataclasses.field(default_factory=RolloutConfig, metadata={
+        "help": "where episodes are collected: rollout.env_workers, rollout.inference (learner, worker), ...",
+        "affects_results": False})
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -67,6 +102,7 @@ class TrainConfig(LoopConfig, RunConfig):
         require_choice("policy_preset", self.policy_preset, PRESETS)
         require(self.lora_rank >= 1, "lora_rank", self.lora_rank, "an integer >= 1")
         require(self.num_envs >= 1, "num_envs", self.num_envs, "an integer >= 1")
+        self._check_rollout()
         if self.max_episode_steps is not None:
             require(self.max_episode_steps >= 1, "max_episode_steps", self.max_episode_steps, "None or >= 1")
         if self.camera_size is not None:
@@ -86,6 +122,21 @@ class TrainConfig(LoopConfig, RunConfig):
         if self.demos is not None:
             self._check_demos(action_dim, reads, side)
 
+
+    def _check_rollout(self) -> None:
+        from vla_cl import workers
+
+        r = self.rollout
+        require(r.env_workers <= self.num_envs, "rollout.env_workers", r.env_workers,
+                f"at most num_envs={self.num_envs} (each env worker holds at least one env)")
+        require(not (r.env_workers and self.processes), "processes", self.processes,
+                "False with rollout.env_workers > 0 (the env workers are the processes)")
+        if r.remote:
+            require(workers.ray_installed(), "rollout.env_workers" if r.env_workers else "rollout.inference",
+                    r.env_workers if r.env_workers else r.inference,
+                    "0 / learner: Ray is not installed (pip install 'vla-cl[ray]' or `make setup`)")
+            require(workers.backend(self.ray) == "ray", "ray.executor", self.ray.executor,
+                    "auto or ray: rollout workers are Ray actors")
 
     def _check_policy(self) -> tuple[int, set[str], int | None]:
         """Validate policy/init; returns pi0's action dimension, the observations it reads and its image side."""
@@ -289,12 +340,45 @@ def _words(text: str) -> list[str]:
 
 
 def make_env(config: TrainConfig, obs_mode: str, side: int):
+    """The run's envs: in this process, in one process each (``processes``) or on Ray env workers."""
     from vla_cl.envs.vector import make_vector
 
     options: dict[str, Any] = {"obs_mode": obs_mode, "image_size": side, "camera_size": config.camera_size}
     if config.max_episode_steps is not None:
         options["max_episode_steps"] = config.max_episode_steps
+    if config.rollout.env_workers:
+        from vla_cl.envs.remote import RayVectorEnv
+
+        return RayVectorEnv(config.task, config.num_envs, config.rollout.env_workers, options=options,
+                            cpus=config.rollout.env_worker_cpus, placement=config.rollout.placement,
+                            max_replacements=config.ray.retries)
     return make_vector(config.task, config.num_envs, processes=config.processes, **options)
+
+
+def reserve_rollout_workers(config: TrainConfig) -> None:
+    """Connect to Ray, or start a local instance with room for the rollout workers (at least this machine's
+    CPUs): the env workers' CPUs and the inference worker's."""
+    import os
+
+    import ray
+
+    from vla_cl import workers
+
+    if ray.is_initialized():
+        return
+    r = config.rollout
+    needed = r.env_workers * r.env_worker_cpus + (1.0 if r.inference == "worker" else 0.0)
+    workers.start_ray(config.ray, max(os.cpu_count() or 1, int(-(-needed // 1))))
+
+
+def start_inference(config: TrainConfig, policy: Any):
+    """The run's inference worker (``rollout.inference=worker``), else None."""
+    if config.rollout.inference != "worker":
+        return None
+    from vla_cl.updaters.inference import InferenceWorker
+
+    gpus = 1.0 if torch.device(config.rollout.inference_device).type == "cuda" else 0.0
+    return InferenceWorker.start(policy, device=config.rollout.inference_device, gpus=gpus)
 
 
 # ------------------------------------------------------------------------------------------ the command
@@ -320,14 +404,22 @@ def run(config: TrainConfig, run_dir: RunDir) -> int:
     loaded = load("init", config.init) if config.init else None
     reads, side = planned_observations(config, loaded, teacher)
     obs_mode = observation_mode(reads)
+    if config.rollout.remote:
+        reserve_rollout_workers(config)
     env = make_env(config, obs_mode, side)
+    inference = None
     try:
         policy = prepare_pi0(config, env, updater, spec.instruction, loaded)
+        where = f" on {config.rollout.env_workers} Ray env worker(s)" if config.rollout.env_workers else ""
         print(f"[train] {updater.name} on {config.task}: {policy.name} "
               f"({sum(p.numel() for p in policy.parameters()):,} parameters), {config.iterations} iterations, "
-              f"{config.num_envs} env(s), observations: {obs_mode}", flush=True)
-        summary = train(policy, updater, env, config, run_dir, seed=config.seed, demos=demos, teacher=teacher)
+              f"{config.num_envs} env(s){where}, observations: {obs_mode}", flush=True)
+        inference = start_inference(config, policy)
+        summary = train(policy, updater, env, config, run_dir, seed=config.seed, demos=demos, teacher=teacher,
+                        inference=inference)
     finally:
+        if inference is not None:
+            inference.close()
         env.close()
     final = summary["final"]
     shown = {k: final[k] for k in ("eval/success_rate", "kl/mean", "train/loss") if k in final}

@@ -140,6 +140,14 @@ class PolicyActor:
         self.temperature = temperature
         self.tokens: torch.Tensor | None = None
 
+    def get_state(self) -> torch.Tensor | None:
+        """Where the sampling is (a collection that must start again comes back here)."""
+        return None if self.generator is None else self.generator.get_state()
+
+    def set_state(self, state: torch.Tensor | None) -> None:
+        if state is not None:
+            self.generator.set_state(state)
+
     def __call__(self, observations: list[dict]) -> np.ndarray:
         obs = ObsBatch.from_observations(observations).to(self.device)
         sample = self.policy.generate(obs, greedy=self.greedy, temperature=self.temperature, generator=self.generator)
@@ -159,16 +167,22 @@ def collect_rollouts(
     greedy: bool = False,
     with_probs: bool = False,
     device: torch.device | str = "cpu",
+    actor: Any = None,
 ) -> Rollouts:
-    """``repeats`` x ``n_episodes`` episodes of ``policy`` on ``env`` (a VLAEnv or a vector env with
-    auto-reset disabled); repeat r's episode k starts from seed ``seed + k`` and is episode
-    ``r * n_episodes + k`` of the result. ``with_probs`` also records the policy's action
-    distributions at every step (teacher-forced on the tokens it took)."""
+    """``repeats`` x ``n_episodes`` episodes of ``policy`` on ``env`` (a VLAEnv, a vector env with
+    auto-reset disabled, or env workers: ``vla_cl.envs.remote``); repeat r's episode k starts from seed
+    ``seed + k`` and is episode ``r * n_episodes + k`` of the result. ``with_probs`` also records the
+    policy's action distributions at every step (teacher-forced on the tokens it took). ``actor`` chooses
+    the actions instead of a :class:`PolicyActor` of ``policy`` in this process (an inference worker,
+    ``vla_cl.updaters.inference``; it samples from ``generator``'s state as this process would)."""
     from vla_cl.envs.vector import rollout
 
     if reward not in REWARDS:
         raise ValueError(f"reward must be one of {REWARDS}, got {reward!r}")
-    actor = PolicyActor(policy, generator, greedy, device)
+    if actor is None:
+        actor = PolicyActor(policy, generator, greedy, device)
+    else:
+        actor.start(generator, greedy)
     steps: list[list[tuple]] = []  # per episode: (obs, tokens, reward, terminated, truncated)
     finals: list[dict] = []
     summaries = []
@@ -189,7 +203,13 @@ def collect_rollouts(
             if t.terminated or t.truncated:
                 episode_finals[t.episode] = t.next_obs
 
-        episodes = rollout(actor, env, n_episodes, seed=seed, on_step=on_step)
+        def on_restart(episode_steps=episode_steps, episode_finals=episode_finals, succeeded=succeeded) -> None:
+            for recorded in episode_steps.values():  # a lost env worker: the collection starts again
+                recorded.clear()
+            episode_finals.clear()
+            succeeded.clear()
+
+        episodes = rollout(actor, env, n_episodes, seed=seed, on_step=on_step, on_restart=on_restart)
         for ep in episodes:
             steps.append(episode_steps[ep.index])
             finals.append(episode_finals[ep.index])

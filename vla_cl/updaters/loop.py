@@ -63,7 +63,7 @@ from vla_cl.updaters.seeds import (
 )
 from vla_cl.updaters.sources import Source
 
-WALL_CLOCK = ("time", "seconds", "samples_per_s")  # metrics that differ between identical runs
+WALL_CLOCK = ("time", "seconds", "samples_per_s", "sync/seconds")  # metrics that differ between identical runs
 PROBE_FILE = "probe.safetensors"
 
 
@@ -146,9 +146,11 @@ def train(
     seed: int,
     demos: Any = None,
     teacher: Policy | None = None,
+    inference: Any = None,
 ) -> dict[str, Any]:
     """Fine-tune ``policy`` (pi0 as given) with ``updater`` on ``env``; see the module docstring.
-    Resumes from the run directory's checkpoint when there is one. Returns the summary."""
+    Resumes from the run directory's checkpoint when there is one. Returns the summary. ``inference`` (an
+    ``InferenceWorker``) acts for the policy in the updater's own episodes, synced before each collection."""
     device = torch.device(config.device)
     policy.to(device)
     if teacher is not None:
@@ -159,6 +161,11 @@ def train(
     except ValueError as error:
         raise ValueError(f"updater {updater.name!r}: {error}") from None
     check_setup(policy, updater, source, device)
+    if inference is not None:
+        if not source.remote_inference:
+            raise ValueError(f"rollout.inference=worker: updater {updater.name!r} learns from {source.name}, "
+                             "which an inference worker does not act; use rollout.inference=learner")
+        source.inference = inference
     if env is None and source.needs_env:
         raise ValueError(f"updater {updater.name!r} collects episodes: pass the task's env")
     policy.mark_reference()

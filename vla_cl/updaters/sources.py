@@ -29,6 +29,7 @@ class Source(abc.ABC):
     needs_env: ClassVar[bool] = True  # collects episodes in the task's env (else: an env only evaluates)
     needs_demos: ClassVar[bool] = False
     needs_teacher: ClassVar[bool] = False
+    remote_inference: ClassVar[bool] = False  # its episodes can be acted by an inference worker
 
     @classmethod
     @abc.abstractmethod
@@ -49,11 +50,13 @@ class Episodes(Source):
     """Episodes of an acting policy on the task: the policy's own (on-policy RL, rft) or a teacher's (distill)."""
 
     name = "rollouts"
+    remote_inference = True
 
     def __init__(self, actor: Policy, episodes: int, *, repeats: int = 1, reward: str = "success",
                  greedy: bool = False, with_probs: bool = False, seed: int, device: torch.device):
         self.actor, self.episodes, self.repeats, self.reward = actor, episodes, repeats, reward
         self.greedy, self.with_probs, self.seed, self.device = greedy, with_probs, seed, device
+        self.inference: Any = None  # a vla_cl.updaters.inference.InferenceWorker acting for the policy
 
     @classmethod
     def for_updater(cls, updater: Any, policy: Policy, *, demos: Any, teacher: Policy | None, reward: str,
@@ -66,12 +69,17 @@ class Episodes(Source):
                              "initial state")
 
     def collect(self, env: Any, iteration: int) -> tuple[Any, dict[str, float]]:
+        synced = self.inference.sync(self.actor) if self.inference is not None else {}  # the last update's weights
+        replaced = getattr(env, "replaced", 0)
         rollouts = collect_rollouts(
             self.actor, env, self.episodes // self.repeats, derived_seed(self.seed, TRAIN, iteration),
             generator(self.seed, SAMPLE, iteration), repeats=self.repeats, reward=self.reward, greedy=self.greedy,
-            with_probs=self.with_probs, device=self.device)
+            with_probs=self.with_probs, device=self.device,
+            actor=None if self.inference is None else self.inference.actor())
         summary = rollouts.summary()
-        return rollouts, {
+        if hasattr(env, "replaced"):  # env workers (vla_cl.envs.remote) lost and replaced during this collection
+            synced["rollout/env_workers_replaced"] = env.replaced - replaced
+        return rollouts, {**synced,
             "episodes": summary["episodes"],
             "env_steps": summary["env_steps"],
             "rollout/success_rate": summary["success_rate"],
@@ -85,6 +93,7 @@ class TeacherEpisodes(Episodes):
 
     name = "a teacher's rollouts"
     needs_teacher = True
+    remote_inference = False  # the teacher acts in the learner's process
 
     def __init__(self, teacher: Policy | None, episodes: int, **options: Any):
         if teacher is None:
