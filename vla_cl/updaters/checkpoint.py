@@ -52,11 +52,13 @@ POLICY_FOLDER = "policy"
 
 def optimizer_state(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """The optimiser's per-parameter state as tensors (``optimizer.<index>.<name>``) plus JSON scalars."""
+    from vla_cl.updaters.distributed import whole
+
     tensors, scalars = {}, {}
     for index, state in optimizer.state_dict()["state"].items():
         for name, value in state.items():
-            if torch.is_tensor(value):
-                tensors[f"optimizer.{index}.{name}"] = value.detach().cpu().contiguous()
+            if torch.is_tensor(value):  # sharded (fsdp) state gathered whole
+                tensors[f"optimizer.{index}.{name}"] = whole(value.detach()).cpu().contiguous()
             else:
                 scalars[f"{index}.{name}"] = value
     return tensors, scalars
@@ -86,17 +88,20 @@ def restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch
 
 
 def save_checkpoint(root: Path, iteration: int, policy: Any, optimizer: torch.optim.Optimizer,
-                    progress: dict[str, Any], keep: int = 2) -> Path:
+                    progress: dict[str, Any], keep: int = 2, write: bool = True) -> Path:
     """Write the checkpoint after ``iteration`` (``progress``: JSON counters), point ``latest`` at it and
-    remove all but the ``keep`` newest."""
+    remove all but the ``keep`` newest. Every process of a distributed learner calls it (the optimiser's
+    sharded state is gathered); only the one with ``write`` writes."""
     from safetensors.torch import save_file
 
+    optim_tensors, optim_scalars = optimizer_state(optimizer)
     root = Path(root)
+    if not write:
+        return root / f"iter-{iteration:06d}"
     root.mkdir(parents=True, exist_ok=True)
     name = f"iter-{iteration:06d}"
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=root))
     policy.save_pretrained(tmp / POLICY_FOLDER)
-    optim_tensors, optim_scalars = optimizer_state(optimizer)
     save_file(optim_tensors, str(tmp / TENSORS_FILE))
     record = {"format": FORMAT, "format_version": FORMAT_VERSION, "iteration": iteration, **progress,
               "optimizer": optim_scalars}

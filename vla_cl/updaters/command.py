@@ -25,6 +25,7 @@ import torch
 
 from vla_cl.config import RunConfig, option, require, require_choice
 from vla_cl.runs import RunDir
+from vla_cl.updaters.distributed import LearnerConfig
 from vla_cl.updaters.loop import LoopConfig, check_device, derived_seed
 from vla_cl.updaters.registry import config_from_options, get_updater_class, options_dataclass
 
@@ -85,6 +86,9 @@ class TrainConfig(LoopConfig, RunConfig):
     max_episode_steps: int | None = option(None, "episode length for training and evaluation (None = task default)")
     camera_size: int | None = option(None, "width the task's camera renders at before images are resized to the "
                                      "policy's input (None: the task's own; see vla_cl.envs.EnvOptions)")
+    learner: LearnerConfig = dataclasses.field(default_factory=LearnerConfig, metadata={
+        "help": "the learner on several processes (accelerate launch): learner.strategy (auto, single, ddp, fsdp), "
+                "learner.mixed_precision, learner.gradient_checkpointing", "affects_results": False})
     rollout: RolloutConfig = dataclasses.field(default_factory=RolloutConfig, metadata={
         "help": "where episodes are collected: rollout.env_workers, rollout.inference (learner, worker), ...",
         "affects_results": False})
@@ -387,12 +391,20 @@ def start_inference(config: TrainConfig, policy: Any):
 def run(config: TrainConfig, run_dir: RunDir) -> int:
     check_device(config.device)  # before anything is loaded or written
     from vla_cl.envs import get_spec
+    from vla_cl.updaters.distributed import Learner
     from vla_cl.envs.demos import load_demos
     from vla_cl.policies import get_policy_class, load_policy
     from vla_cl.updaters.loop import train
 
     updater = get_updater_class(config.updater.name)(config.updater)
     spec = get_spec(config.task)
+    learner = Learner(config.learner, config.device)  # the launcher's processes, when there are several
+    if learner.distributed and config.out_dir is None:
+        raise ValueError("invalid value for out_dir: None, but the learner runs on several processes; pass "
+                         "out_dir=DIR so that they share one run folder")
+    if learner.distributed:
+        print(f"[train] learner: {learner.strategy} on {learner.world} processes (this is process {learner.rank}; "
+              "the first writes the run folder)", flush=True)
 
     def load(field: str, init: str):
         folder = resolve_init(field, init)
@@ -416,12 +428,12 @@ def run(config: TrainConfig, run_dir: RunDir) -> int:
               f"{config.num_envs} env(s){where}, observations: {obs_mode}", flush=True)
         inference = start_inference(config, policy)
         summary = train(policy, updater, env, config, run_dir, seed=config.seed, demos=demos, teacher=teacher,
-                        inference=inference)
+                        inference=inference, learner=learner)
     finally:
         if inference is not None:
             inference.close()
         env.close()
     final = summary["final"]
     shown = {k: final[k] for k in ("eval/success_rate", "kl/mean", "train/loss") if k in final}
-    print(f"[train] done: {json.dumps(shown)}; policy in {run_dir.artifacts / 'policy'}")
+    print(f"[train] done: {json.dumps(shown)}; policy in {run_dir.path / 'artifacts' / 'policy'}")
     return 0

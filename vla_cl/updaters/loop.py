@@ -147,10 +147,16 @@ def train(
     demos: Any = None,
     teacher: Policy | None = None,
     inference: Any = None,
+    learner: Any = None,
 ) -> dict[str, Any]:
     """Fine-tune ``policy`` (pi0 as given) with ``updater`` on ``env``; see the module docstring.
     Resumes from the run directory's checkpoint when there is one. Returns the summary. ``inference`` (an
-    ``InferenceWorker``) acts for the policy in the updater's own episodes, synced before each collection."""
+    ``InferenceWorker``) acts for the policy in the updater's own episodes, synced before each collection.
+    ``learner`` (a ``vla_cl.updaters.distributed.Learner``) makes the updates data-parallel over the launched
+    processes; only its first process writes the run directory."""
+    from vla_cl.updaters.distributed import Learner
+
+    learner = learner or Learner()
     device = torch.device(config.device)
     policy.to(device)
     if teacher is not None:
@@ -169,13 +175,19 @@ def train(
     if env is None and source.needs_env:
         raise ValueError(f"updater {updater.name!r} collects episodes: pass the task's env")
     policy.mark_reference()
+    learner.prepare(policy)
     optimizer = make_optimizer(policy.trainable_parameters(), updater.config.optim)
     total_steps = config.iterations * updater.config.optim.steps_per_iteration
     # Without an env (training on demonstrations alone, e.g. pretraining pi0) there is no evaluation and
     # no KL probe: the caller evaluates the result on a suite.
-    probe = kl_probe(policy, env, config, run_dir, seed, device) if env is not None else None
+    probe = kl_probe(policy, env, config, run_dir, seed, device, write=learner.main) if env is not None else None
 
-    resumed = ckpt.load_checkpoint(run_dir.artifacts / "checkpoints", policy, optimizer)
+    checkpoints = run_dir.path / "artifacts" / "checkpoints"
+    if learner.sharded and ckpt.latest_checkpoint(checkpoints) is not None:
+        raise ValueError(f"{run_dir.path} holds a checkpoint, and resuming under learner.strategy=fsdp is not "
+                         "supported yet: its checkpoints hold whole tensors, so run the same command with "
+                         "learner.strategy=ddp or single to continue it")
+    resumed = ckpt.load_checkpoint(checkpoints, policy, optimizer)
     start = 0 if resumed is None else resumed["iteration"]
     counters = {"step": 0, "samples": 0, "episodes": 0, "env_steps": 0}
     if resumed is not None:
@@ -183,9 +195,10 @@ def train(
             raise ValueError(f"{run_dir.path} holds a checkpoint of another run (seed {resumed['seed']}, "
                              f"updater {resumed['updater']!r}); choose another out_dir")
         counters = {name: resumed[name] for name in counters}
-    ckpt.truncate_metrics(run_dir.metrics_path, start if resumed is not None else -1)
-    writer = tensorboard_writer(run_dir, start, config.tensorboard)
-    log = Logger(run_dir, writer)
+    if learner.main:
+        ckpt.truncate_metrics(run_dir.metrics_path, start if resumed is not None else -1)
+    writer = tensorboard_writer(run_dir, start, config.tensorboard and learner.main)
+    log = Logger(run_dir, writer) if learner.main else (lambda **_: None)
 
     if start == 0:
         log(iteration=0, **counters, **evaluate(policy, env, config, seed, device), **probe_metrics(probe, policy))
@@ -207,7 +220,7 @@ def train(
         torch.manual_seed(derived_seed(seed, DROPOUT, iteration))  # dropout draws from the global generator
         try:
             losses, counters["step"] = optimise(policy, updater, batch, optimizer, counters["step"], total_steps,
-                                                rng, device)
+                                                rng, device, learner)
         except NonFinite as problem:
             raise TrainingDiverged(diverged_message(problem, iteration, updater, run_dir)) from None
         counters["samples"] += len(batch) * updater.config.optim.update_epochs
@@ -225,21 +238,29 @@ def train(
         log(**record)
         bar.set_postfix({k: f"{record[k]:.3g}" for k in ("train/loss", "eval/success_rate", "kl/mean") if k in record})
         if config.snapshot_every and iteration < last and iteration % config.snapshot_every == 0:
-            policy.save_pretrained(run_dir.artifacts / "snapshots" / f"iter-{iteration:06d}",
-                                   metadata={"updater": updater.name, "iteration": iteration, **counters})
+            with learner.gathered(write=True) as writing:
+                if writing:
+                    policy.save_pretrained(run_dir.artifacts / "snapshots" / f"iter-{iteration:06d}",
+                                           metadata={"updater": updater.name, "iteration": iteration, **counters})
         if due(iteration, config.checkpoint_every, last):
-            ckpt.save_checkpoint(run_dir.artifacts / "checkpoints", iteration, policy, optimizer,
-                                 {"seed": seed, "updater": updater.name, **counters}, keep=config.keep_checkpoints)
+            with learner.gathered(write=True) as writing:
+                ckpt.save_checkpoint(run_dir.path / "artifacts" / "checkpoints", iteration, policy, optimizer,
+                                     {"seed": seed, "updater": updater.name, **counters},
+                                     keep=config.keep_checkpoints, write=writing)
         if config.refresh_every and iteration % config.refresh_every == 0:
             refresh_due = True
     bar.close()
     if writer is not None:
         writer.close()
-    policy.save_pretrained(run_dir.artifacts / "policy", metadata={"updater": updater.name, **counters})
+    with learner.gathered(write=True) as writing:
+        if writing:
+            policy.save_pretrained(run_dir.artifacts / "policy", metadata={"updater": updater.name, **counters})
+    learner.barrier()  # the others read what the first process wrote
     metrics = run_dir.read_metrics()
     summary = {"updater": updater.name, "iterations": config.iterations, "resumed_from": start, **counters,
                "first": _without_wall_clock(metrics[0]), "final": _without_wall_clock(metrics[-1])}
-    run_dir.write_json("summary.json", summary)
+    if learner.main:
+        run_dir.write_json("summary.json", summary)
     return summary
 
 
@@ -285,11 +306,17 @@ def check_setup(policy: Policy, updater: Updater, source: Source, device: torch.
 
 
 def optimise(policy: Policy, updater: Updater, batch: Batch, optimizer: torch.optim.Optimizer, step: int,
-             total_steps: int, rng: np.random.Generator, device: torch.device) -> tuple[dict[str, float], int]:
+             total_steps: int, rng: np.random.Generator, device: torch.device,
+             learner: Any = None) -> tuple[dict[str, float], int]:
     """``update_epochs`` passes over ``batch`` in ``minibatches`` random minibatches, one AdamW step per
     ``grad_accum`` minibatches. Returns the mean of every loss term over the minibatches, the mean
     gradient norm (before clipping) and the learning rate, and the new step count. A batch without rows
-    (no successful episode for ``rft``) makes no update but the schedule's clock still advances."""
+    (no successful episode for ``rft``) makes no update but the schedule's clock still advances. With a
+    distributed ``learner`` each process computes its share of every minibatch and the gradients are summed
+    (``vla_cl.updaters.distributed``)."""
+    from vla_cl.updaters.distributed import Learner
+
+    learner = learner or Learner()
     c = updater.config.optim
     params = policy.trainable_parameters()
     sums: dict[str, float] = defaultdict(float)
@@ -300,19 +327,24 @@ def optimise(policy: Policy, updater: Updater, batch: Batch, optimizer: torch.op
         order = rng.permutation(len(batch))
         for k, rows in enumerate(np.array_split(order, c.minibatches)):
             if len(rows):
-                terms = updater.loss(policy, batch.select(rows).to(device))
-                if not bool(torch.isfinite(terms["loss"])):
-                    raise NonFinite(f"the loss is {float(terms['loss'].detach())} (terms: "
-                                    f"{ {k: float(v.detach()) for k, v in terms.items()} })")
-                (terms["loss"] / c.grad_accum).backward()
-                for name, value in terms.items():
-                    sums[name] += float(value.detach())
+                mine, weight = learner.shard(rows)
+                if not len(mine):
+                    raise ValueError(f"a minibatch of {len(rows)} rows leaves process {learner.rank} of "
+                                     f"{learner.world} none; collect more episodes or lower updater.optim.minibatches")
+                terms = updater.loss(policy, batch.select(mine).to(device))
+                values = learner.reduce_terms({k: float(v.detach()) for k, v in terms.items()}, weight)
+                if not np.isfinite(values["loss"]):
+                    raise NonFinite(f"the loss is {values['loss']} (terms: {values})")
+                (terms["loss"] * weight / c.grad_accum).backward()
+                for name, value in values.items():
+                    sums[name] += value
                     counts[name] += 1
             if (epoch * c.minibatches + k + 1) % c.grad_accum:
                 continue
             lr = set_lr(optimizer, c, step, total_steps)
+            learner.reduce_gradients(params)
             if any(p.grad is not None for p in params):
-                norm = torch.nn.utils.clip_grad_norm_(params, c.grad_clip if c.grad_clip > 0 else float("inf"))
+                norm = learner.clip(params, c.grad_clip if c.grad_clip > 0 else float("inf"))
                 if not bool(torch.isfinite(norm)):
                     raise NonFinite(f"the gradient norm is {float(norm)}")
                 sums["grad_norm"] += float(norm)
@@ -349,19 +381,21 @@ def evaluate(policy: Policy, env: Any, config: LoopConfig, seed: int, device: to
 # ------------------------------------------------------------------------------------------ KL probe
 
 
-def kl_probe(policy: Policy, env: Any, config: LoopConfig, run_dir: RunDir, seed: int, device: torch.device):
+def kl_probe(policy: Policy, env: Any, config: LoopConfig, run_dir: RunDir, seed: int, device: torch.device,
+             write: bool = True):
     """The KL probe on a fixed set of new-task states: read from the run directory, or collected now with
-    the policy (pi0: call before any update) and saved. pi0's distributions on it are cached."""
+    the policy (pi0: call before any update) and saved (``write``). pi0's distributions on it are cached."""
     from vla_cl.kl import KLProbe
 
-    path = run_dir.artifacts / PROBE_FILE
+    path = run_dir.path / "artifacts" / PROBE_FILE
     if path.exists():
         obs, tokens = load_probe_set(path)
     else:
         rollouts = collect_rollouts(policy, env, config.probe_episodes, derived_seed(seed, PROBE),
                                     generator(seed, PROBE_SAMPLE), reward=config.reward, device=device)
         obs, tokens = probe_subset(rollouts, config.probe_states)
-        save_probe_set(path, obs, tokens)
+        if write:
+            save_probe_set(run_dir.artifacts / PROBE_FILE, obs, tokens)
     probe = KLProbe({"obs": obs, "tokens": tokens}, batch_size=64, support=policy.action_support)
     with policy.reference():
         probe.cache_reference(probe_logits_fn(policy, device))

@@ -1,0 +1,227 @@
+"""The learner on several processes: data-parallel updates launched by ``accelerate launch`` (or ``torchrun``).
+
+    torchrun --nproc_per_node 2 -m vla_cl.cli train learner.strategy=ddp out_dir=DIR ...     # CPUs: gloo
+    accelerate launch --multi_gpu --num_processes 8 -m vla_cl.cli train learner.strategy=ddp ...
+    accelerate launch --config_file configs/accelerate/fsdp_openvla.yaml -m vla_cl.cli train \\
+        init=openvla/openvla-7b learner.strategy=fsdp learner.mixed_precision=bf16 \\
+        learner.gradient_checkpointing=true rollout.inference=worker ...
+
+accelerate's :class:`~accelerate.PartialState` reads the launcher's environment and sets up the process group
+(gloo on CPUs, NCCL on GPUs) and each process's device. Every process runs the whole loop on the same data:
+the iteration's episodes (same seeds, same sampling: the same episodes on every process, or one Ray collection
+per process with env workers) and ``updater.prepare``. Each minibatch is split between the processes (rows
+``rank::world``); each computes its rows' loss, weighted by its share of the minibatch, and the gradients are
+summed over the processes (``accelerate.utils.reduce``) before clipping and the optimiser step. For a loss
+that is a mean over rows the result is the gradient of the whole minibatch, so the update is the one a single
+process makes, up to float rounding (``tests/test_distributed.py``: two gloo processes against one on the
+concatenated batch). The logged loss terms are the same weighted means over all rows.
+
+The gradient sum comes after the backward pass instead of inside it (``torch.nn.parallel.DistributedDataParallel``)
+because an updater's loss calls the policy's methods (``log_probs``, ``value``, ``entropy``, several per loss),
+not one ``forward`` that a DDP wrapper could hook.
+
+``fsdp``: each decoder layer of a policy's language model (OpenVLA's Llama) is sharded with FSDP
+(``torch.distributed.fsdp.fully_shard``): its weights, LoRA adapters, gradients and optimiser state live 1/world
+on each process and are gathered layer by layer for each forward; ``mixed_precision=bf16`` keeps the gathered
+parameters in bf16 and reduces gradients in float32; ``gradient_checkpointing`` recomputes each layer's
+activations in the backward pass (transformers' ``gradient_checkpointing_enable``). The parameters outside the
+layers (vision towers, projector, embeddings, value head) stay whole on every process and their gradients
+are summed as above. Checkpoints and the saved policy hold full tensors (gathered on every process, written by
+the first).
+
+Only the first process writes the run folder (metrics, checkpoints, the policy); the others read its
+checkpoints when a run resumes, so a restarted learner continues from the last one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+
+from vla_cl.config import option, require_choice
+
+STRATEGIES = ("auto", "single", "ddp", "fsdp")
+PRECISIONS = ("no", "bf16")
+
+
+@dataclasses.dataclass
+class LearnerConfig:
+    """How the learner runs: one process, or data-parallel over the processes a launcher started."""
+
+    strategy: str = option("auto", "single, ddp or fsdp (auto: ddp when launched on several processes, else "
+                           "single)", affects_results=False)
+    mixed_precision: str = option("no", "no or bf16 (fsdp: layer parameters gathered in bf16, gradients "
+                                  "reduced in float32)")
+    gradient_checkpointing: bool = option(False, "recompute the language model's activations in the backward "
+                                          "pass (less memory, about a third more compute)", affects_results=False)
+
+    def __post_init__(self) -> None:
+        require_choice("learner.strategy", self.strategy, STRATEGIES)
+        require_choice("learner.mixed_precision", self.mixed_precision, PRECISIONS)
+
+
+def launched_world() -> int:
+    """How many processes the launcher started (``WORLD_SIZE``; 1 without a launcher)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+class Learner:
+    """One process's part of the learner (see the module docstring)."""
+
+    def __init__(self, config: LearnerConfig | None = None, device: str = "cpu"):
+        self.config = config or LearnerConfig()
+        world = launched_world()
+        strategy = self.config.strategy
+        if strategy == "auto":
+            strategy = "ddp" if world > 1 else "single"
+        if strategy == "single" and world > 1:
+            raise ValueError(f"invalid value for learner.strategy: single, but {world} processes were launched "
+                             "(WORLD_SIZE); use ddp or fsdp, or launch one process")
+        self.strategy = strategy
+        self.rank, self.world = 0, 1
+        self.sharded: list[torch.nn.Module] = []
+        if strategy != "single" and world > 1:  # (ddp or fsdp over one process is that process alone)
+            from accelerate import PartialState
+
+            cpu = torch.device(device).type == "cpu"
+            state = PartialState(cpu=cpu, backend="gloo" if cpu else None)
+            if state.num_processes != world:
+                raise ValueError(f"invalid value for learner.strategy: {strategy}, but the launcher set WORLD_SIZE="
+                                 f"{world} and no process group of that size started (on CPUs launch with `torchrun "
+                                 "--nproc_per_node N -m vla_cl.cli train ...`; `accelerate launch --cpu` starts MPI "
+                                 "jobs only with --mpirun_hostfile)")
+            self.rank, self.world = state.process_index, state.num_processes
+            self.state = state
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world > 1
+
+    # -- the model
+
+    def prepare(self, policy: Any) -> Any:
+        """Apply gradient checkpointing and, for fsdp, shard the language model's decoder layers."""
+        lm = getattr(policy, "language_model", None)
+        if self.config.gradient_checkpointing:
+            if lm is None or not hasattr(lm, "gradient_checkpointing_enable"):
+                raise ValueError(f"invalid value for learner.gradient_checkpointing: True, but {policy.name} has no "
+                                 "language model to checkpoint (it applies to openvla)")
+            lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if self.strategy == "fsdp":
+            layers = [m for m in lm.modules() if type(m).__name__.endswith("DecoderLayer")] if lm is not None else []
+            if not layers:  # (under LoRA the layers sit inside the adapter wrapper: found by their class)
+                raise ValueError(f"invalid value for learner.strategy: fsdp shards a language model's decoder "
+                                 f"layers and {policy.name} has none; use ddp")
+            if not self.distributed:
+                return policy
+            from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+            precision = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) \
+                if self.config.mixed_precision == "bf16" else MixedPrecisionPolicy()
+            for layer in layers:
+                fully_shard(layer, mp_policy=precision)
+                self.sharded.append(layer)
+        elif self.config.mixed_precision == "bf16":
+            raise ValueError("invalid value for learner.mixed_precision: bf16 is applied by fsdp's gathered "
+                             "parameters; with learner.strategy=ddp or single keep it at no")
+        return policy
+
+    # -- the data
+
+    def shard(self, rows: np.ndarray) -> tuple[np.ndarray, float]:
+        """This process's rows of a minibatch and the weight of its loss (its share of the rows, times world
+        under fsdp, whose gradient reduction averages)."""
+        if not self.distributed:
+            return rows, 1.0
+        mine = rows[self.rank::self.world]
+        share = len(mine) / max(len(rows), 1)
+        return mine, share * (self.world if self.strategy == "fsdp" else 1.0)
+
+    def reduce_terms(self, terms: dict[str, float], weight: float) -> dict[str, float]:
+        """Loss terms over all rows: the processes' values weighted by their shares of the minibatch."""
+        if not self.distributed:
+            return terms
+        from accelerate.utils import reduce
+
+        names = sorted(terms)
+        share = weight / self.world if self.strategy == "fsdp" else weight
+        values = torch.tensor([terms[n] * share for n in names], dtype=torch.float64)
+        summed = reduce(values, reduction="sum")
+        return dict(zip(names, summed.tolist()))
+
+    def reduce_gradients(self, params: list[torch.nn.Parameter]) -> None:
+        """Sum the replicated parameters' gradients over the processes (fsdp reduces its own)."""
+        if not self.distributed:
+            return
+        from accelerate.utils import reduce
+
+        replicated = [p for p in params if not _is_dtensor(p)]
+        for p in replicated:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        if replicated:  # one reduction for all of them; fsdp weighs losses for its averaging reduction
+            flat = torch.cat([p.grad.reshape(-1) for p in replicated])
+            flat = reduce(flat, reduction="mean" if self.strategy == "fsdp" else "sum")
+            offset = 0
+            for p in replicated:
+                p.grad.copy_(flat[offset:offset + p.numel()].view_as(p))
+                offset += p.numel()
+
+    def clip(self, params: list[torch.nn.Parameter], max_norm: float) -> torch.Tensor:
+        """Clip the gradients to a global norm of ``max_norm`` (inf: measure only); returns the norm before."""
+        if not self.sharded:
+            return torch.nn.utils.clip_grad_norm_(params, max_norm)
+        import torch.distributed as dist
+
+        with_grad = [p for p in params if p.grad is not None]
+        local = torch.zeros((), dtype=torch.float64)
+        replicated = torch.zeros((), dtype=torch.float64)
+        for p in with_grad:
+            if _is_dtensor(p.grad):
+                local += p.grad.to_local().double().pow(2).sum()
+            else:
+                replicated += p.grad.double().pow(2).sum()
+        dist.all_reduce(local)  # the shards' squares, summed over the processes
+        norm = (local + replicated).sqrt().float()
+        if bool(torch.isfinite(norm)) and max_norm < float("inf"):
+            scale = torch.clamp(max_norm / (norm + 1e-6), max=1.0)
+            for p in with_grad:
+                p.grad.mul_(scale)
+        return norm
+
+    # -- the run
+
+    @contextlib.contextmanager
+    def gathered(self, write: bool = True) -> Iterator[bool]:
+        """Within: the sharded layers' parameters whole on every process (a collective: every process enters);
+        yields whether this process writes (the first)."""
+        for module in self.sharded:
+            module.unshard()
+        try:
+            yield write and self.main
+        finally:
+            for module in self.sharded:
+                module.reshard()
+
+    def barrier(self) -> None:
+        if self.distributed:
+            self.state.wait_for_everyone()
+
+
+def whole(value: torch.Tensor) -> torch.Tensor:
+    """A tensor, gathered whole if it is sharded (a collective for sharded ones: every process calls it)."""
+    return value.full_tensor() if _is_dtensor(value) else value
+
+
+def _is_dtensor(value: Any) -> bool:
+    return type(value).__name__ == "DTensor"
