@@ -20,7 +20,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.updater_toy import TASK, register_toy  # noqa: E402
+from tests.updater_toy import TASK, register_toy
 
 
 def build(policy_name: str):

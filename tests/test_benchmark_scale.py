@@ -1,4 +1,5 @@
-"""Smoke run of ``benchmarks/scale.py --quick``: Ray tasks and the process pool side by side, same episodes."""
+"""Smoke run of ``benchmarks/scale.py --quick``: Ray tasks and the process pool side by side, env workers giving
+the in-process episodes, weight syncs and the projection."""
 
 import subprocess
 import sys
@@ -18,3 +19,6 @@ def test_quick_scale_benchmark_prints_both_tables_with_identical_results():
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert "results identical: True" in done.stdout and "2. a sweep of short PPO trials" in done.stdout
     assert "| ray " in done.stdout and "| process " in done.stdout
+    table3 = done.stdout.split("3. collection throughput")[1].split("4. weight sync")[0]
+    assert table3.count("| True ") == 4 and "2 env workers + inference worker" in table3
+    assert "sent per sync MB" in done.stdout and "5. projection on paper" in done.stdout

@@ -391,9 +391,9 @@ def start_inference(config: TrainConfig, policy: Any):
 def run(config: TrainConfig, run_dir: RunDir) -> int:
     check_device(config.device)  # before anything is loaded or written
     from vla_cl.envs import get_spec
-    from vla_cl.updaters.distributed import Learner
     from vla_cl.envs.demos import load_demos
     from vla_cl.policies import get_policy_class, load_policy
+    from vla_cl.updaters.distributed import Learner
     from vla_cl.updaters.loop import train
 
     updater = get_updater_class(config.updater.name)(config.updater)
