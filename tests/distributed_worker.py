@@ -6,7 +6,8 @@
 
 Every process builds the same policy and the same batch (the toy task's episodes, same seeds), then
 ``gradients``: one backward pass through vla_cl.updaters.distributed (its rows of the batch, weighted, the
-gradients reduced) and writes the whole gradients; ``step``: one ``optimise`` call (the updater's epochs
+gradients reduced) and writes the whole gradients; ``own-episodes``: the same with each process's own
+episodes (seeds 11, 111, ...; one process: all of them, concatenated); ``step``: one ``optimise`` call (the updater's epochs
 over the whole batch) and writes the weights. The first process writes OUT/<policy>-<what>-<mode>[...].safetensors.
 """
 
@@ -23,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests.updater_toy import TASK, register_toy
 
 
-def build(policy_name: str):
+def build(policy_name: str, seeds: tuple[int, ...] = (11,)):
     from vla_cl.envs import make
     from vla_cl.envs.vector import make_vector
     from vla_cl.policies import get_policy_class
@@ -47,9 +48,21 @@ def build(policy_name: str):
         obs_mode, side, updater = "state", 32, make_updater("ppo", episodes=3, optim={"minibatches": 1})
     envs = make_vector(TASK, 2, obs_mode=obs_mode, image_size=side, max_episode_steps=12)
     policy.mark_reference()
-    rollouts = collect_rollouts(policy, envs, 3, 11, torch.Generator().manual_seed(5), reward="env")
+    batches = [updater.prepare(policy, collect_rollouts(policy, envs, 3, seed, torch.Generator().manual_seed(seed),
+                                                        reward="env")) for seed in seeds]
     envs.close()
-    return policy, updater, updater.prepare(policy, rollouts)
+    batch = batches[0] if len(batches) == 1 else concatenate(batches)
+    return policy, updater, batch
+
+
+def concatenate(batches):
+    from vla_cl.policies.base import ObsBatch
+    from vla_cl.updaters.data import Batch
+
+    obs = ObsBatch([t for b in batches for t in b.obs.instruction], torch.cat([b.obs.state for b in batches]), None)
+    fields = {name: torch.cat([getattr(b, name) for b in batches]) for name in Batch.PER_ROW
+              if getattr(batches[0], name) is not None}
+    return Batch(obs, torch.cat([b.tokens for b in batches]), **fields)
 
 
 def main(mode: str, out: str, policy_name: str, what: str, precision: str = "no", checkpointing: str = "0") -> None:
@@ -59,15 +72,17 @@ def main(mode: str, out: str, policy_name: str, what: str, precision: str = "no"
     from vla_cl.updaters.loop import optimise
     from vla_cl.updaters.optim import make_optimizer
 
-    learner = Learner(LearnerConfig(strategy=mode, mixed_precision=precision,
+    sharded = what == "own-episodes"  # each process its own episodes; one process: both, concatenated
+    learner = Learner(LearnerConfig(strategy=mode, mixed_precision=precision, shard_episodes=sharded,
                                     gradient_checkpointing=checkpointing == "1"))
-    policy, updater, batch = build(policy_name)
+    seeds = ((11 + 100 * learner.rank,) if learner.distributed else (11, 111)) if sharded else (11,)
+    policy, updater, batch = build(policy_name, seeds)
     learner.prepare(policy)
     params = policy.trainable_parameters()
     names = {id(p): n for n, p in policy.named_parameters()}
-    if what == "gradients":
+    if what in ("gradients", "own-episodes"):
         rows = np.arange(len(batch))
-        mine, weight = learner.shard(rows)
+        mine, weight = learner.shard(rows, learner.batch_sizes(len(batch)))
         terms = updater.loss(policy, batch.select(mine))
         (terms["loss"] * weight).backward()
         learner.reduce_gradients(params)

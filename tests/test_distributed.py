@@ -54,6 +54,16 @@ def test_two_processes_give_the_gradients_and_update_of_one_on_the_whole_batch(t
         assert any("lora_" in name for name in one)
 
 
+def test_processes_with_their_own_episodes_give_the_gradients_of_one_on_all_of_them(tmp_path):
+    """learner.shard_episodes: each process's batch is its own (other seeds, another length); the summed gradient
+    is that of one process on the concatenated batch."""
+    launch(str(WORKER), "single", str(tmp_path), "state_token", "own-episodes", processes=1)
+    launch(str(WORKER), "ddp", str(tmp_path), "state_token", "own-episodes")
+    one = load_file(str(tmp_path / "state_token-own-episodes-single.safetensors"))
+    two = load_file(str(tmp_path / "state_token-own-episodes-ddp.safetensors"))
+    assert relative_difference(one, two) < 1e-4
+
+
 def test_fsdp_with_gradient_checkpointing_and_bf16(tmp_path):
     launch(str(WORKER), "single", str(tmp_path), "openvla", "gradients", processes=1)
     launch(str(WORKER), "fsdp", str(tmp_path), "openvla", "gradients", "no", "1")
@@ -109,6 +119,27 @@ def test_train_under_torchrun_matches_one_process_writes_once_and_resumes(tmp_pa
             assert value == pytest.approx(b[key], rel=1e-4, abs=1e-6), key
     summary = json.loads((tmp_path / "two" / "summary.json").read_text())
     assert 1 <= summary["resumed_from"] < 4  # it continued from a checkpoint, not from the start
+
+
+@pytest.mark.sim
+def test_processes_sharing_the_episodes_count_each_once(tmp_path):
+    launch(*TRAIN, "iterations=1", "updater.episodes=4", "learner.shard_episodes=true", f"out_dir={tmp_path}")
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert lines[-1]["episodes"] == 4  # 2 + 2, not 4 on each
+    assert lines[-1]["env_steps"] == lines[-1]["batch_rows"] <= 4 * 20
+
+
+@pytest.mark.sim
+def test_learner_processes_started_by_ray_match_one_process(tmp_path):
+    pytest.importorskip("ray")
+    launch(*TRAIN, "iterations=2", f"out_dir={tmp_path / 'one'}", processes=1)
+    done = launch(*TRAIN, "iterations=2", "learner.processes=2", f"out_dir={tmp_path / 'ray'}", processes=1)
+    assert "starting 2 learner processes on Ray" in done.stdout
+    one, two = metrics(tmp_path / "one"), metrics(tmp_path / "ray")
+    assert len(one) == len(two) == 3
+    for a, b in zip(one, two):
+        for key, value in a.items():
+            assert value == pytest.approx(b[key], rel=1e-4, abs=1e-6), key
 
 
 def _status(pid: int) -> str:

@@ -359,6 +359,34 @@ def make_env(config: TrainConfig, obs_mode: str, side: int):
     return make_vector(config.task, config.num_envs, processes=config.processes, **options)
 
 
+def run_on_ray(config: TrainConfig, run_dir: RunDir) -> int:
+    """The command in ``learner.processes`` Ray actors forming one process group (``launch_on_ray``)."""
+    from vla_cl import workers
+    from vla_cl.updaters.distributed import launch_on_ray
+
+    if workers.backend(config.ray) != "ray" or not workers.ray_installed():
+        raise ValueError("invalid value for learner.processes: Ray starts them, and Ray is not installed or "
+                         "ray.executor=process; install it (`make setup`) or launch with torchrun")
+    if config.out_dir is None:
+        config = dataclasses.replace(config, out_dir=str(run_dir.path))  # every process: this run folder
+    one = dataclasses.replace(config, learner=dataclasses.replace(config.learner, processes=1))
+    gpus = 1.0 if torch.device(config.device).type == "cuda" else 0.0
+    print(f"[train] starting {config.learner.processes} learner processes on Ray", flush=True)
+    statuses = launch_on_ray(config.learner.processes, _run_rank, (one,), gpus=gpus)
+    return int(statuses[0] or 0)
+
+
+def _run_rank(config: TrainConfig) -> int:
+    """One learner process started by Ray: the train command on the shared run folder."""
+    from vla_cl.runs import RunDir
+
+    run_dir = RunDir.open(config.out_dir, "train", config)
+    try:
+        return run(config, run_dir)
+    finally:
+        run_dir.close()
+
+
 def reserve_rollout_workers(config: TrainConfig) -> None:
     """Connect to Ray, or start a local instance with room for the rollout workers (at least this machine's
     CPUs): the env workers' CPUs and the inference worker's."""
@@ -390,6 +418,8 @@ def start_inference(config: TrainConfig, policy: Any):
 
 def run(config: TrainConfig, run_dir: RunDir) -> int:
     check_device(config.device)  # before anything is loaded or written
+    if config.learner.processes > 1:
+        return run_on_ray(config, run_dir)
     from vla_cl.envs import get_spec
     from vla_cl.envs.demos import load_demos
     from vla_cl.policies import get_policy_class, load_policy

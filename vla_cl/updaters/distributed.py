@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from vla_cl.config import option, require_choice
+from vla_cl.config import option, require, require_choice
 
 STRATEGIES = ("auto", "single", "ddp", "fsdp")
 PRECISIONS = ("no", "bf16")
@@ -56,6 +56,12 @@ class LearnerConfig:
 
     strategy: str = option("auto", "single, ddp or fsdp (auto: ddp when launched on several processes, else "
                            "single)", affects_results=False)
+    shard_episodes: bool = option(False, "each process collects its own share of the iteration's episodes (other "
+                                  "seeds and samples: throughput) instead of all of them (the one-process run's "
+                                  "data exactly)")
+    processes: int = option(1, "learner processes to start as Ray actors (one GPU each on cuda), instead of a "
+                            "launcher; 1: this process alone (or what torchrun / accelerate launch started)",
+                            affects_results=False)
     mixed_precision: str = option("no", "no or bf16 (fsdp: layer parameters gathered in bf16, gradients "
                                   "reduced in float32)")
     gradient_checkpointing: bool = option(False, "recompute the language model's activations in the backward "
@@ -64,6 +70,9 @@ class LearnerConfig:
     def __post_init__(self) -> None:
         require_choice("learner.strategy", self.strategy, STRATEGIES)
         require_choice("learner.mixed_precision", self.mixed_precision, PRECISIONS)
+        require(self.processes >= 1, "learner.processes", self.processes, "an integer >= 1")
+        require(self.processes == 1 or self.strategy != "single", "learner.strategy", self.strategy,
+                "auto, ddp or fsdp with learner.processes > 1")
 
 
 def launched_world() -> int:
@@ -131,21 +140,65 @@ class Learner:
             for layer in layers:
                 fully_shard(layer, mp_policy=precision)
                 self.sharded.append(layer)
-        elif self.config.mixed_precision == "bf16":
+        if self.shards_episodes and self.strategy == "fsdp" and not getattr(self, "remote_inference", False):
+            raise ValueError("invalid value for learner.shard_episodes: True under fsdp needs rollout.inference="
+                             "worker (the sharded layers need every process in the same forward passes, and "
+                             "episodes of different lengths are not)")
+        elif self.config.mixed_precision == "bf16" and self.strategy != "fsdp":
             raise ValueError("invalid value for learner.mixed_precision: bf16 is applied by fsdp's gathered "
                              "parameters; with learner.strategy=ddp or single keep it at no")
         return policy
 
     # -- the data
 
-    def shard(self, rows: np.ndarray) -> tuple[np.ndarray, float]:
-        """This process's rows of a minibatch and the weight of its loss (its share of the rows, times world
-        under fsdp, whose gradient reduction averages)."""
+    @property
+    def shards_episodes(self) -> bool:
+        """Each process collects its own episodes (``shard_episodes``): its batch is its own, not a copy."""
+        return self.distributed and self.config.shard_episodes
+
+    def share(self, total: int) -> range:
+        """This process's part of ``total`` items (initial states of an iteration), contiguous and even."""
+        if not self.shards_episodes:
+            return range(total)
+        sizes = [len(block) for block in np.array_split(np.arange(total), self.world)]
+        start = sum(sizes[:self.rank])
+        return range(start, start + sizes[self.rank])
+
+    def batch_sizes(self, rows: int) -> list[int]:
+        """Every process's batch size (a collective under ``shard_episodes``; else everyone's is ``rows``)."""
+        if not self.shards_episodes:
+            return [rows] * self.world
+        from accelerate.utils import gather
+
+        return [int(n) for n in gather(torch.tensor([rows])).tolist()]
+
+    def total_rows(self, rows: int) -> int:
+        """Rows of the iteration's data over all processes (each has its own, or every one a copy)."""
+        return sum(self.batch_sizes(rows)) if self.shards_episodes else rows
+
+    def shard(self, rows: np.ndarray, all_rows: list[int] | None = None) -> tuple[np.ndarray, float]:
+        """This process's rows of a minibatch and the weight of its loss: its share of the minibatch's rows over
+        all processes (times world under fsdp, whose gradient reduction averages). With a copy of the batch on
+        every process the rows are split between them; with ``shard_episodes`` each keeps its own rows and
+        ``all_rows`` gives every process's count in this minibatch."""
         if not self.distributed:
             return rows, 1.0
-        mine = rows[self.rank::self.world]
-        share = len(mine) / max(len(rows), 1)
+        if self.shards_episodes:
+            mine, total = rows, sum(all_rows)
+        else:
+            mine, total = rows[self.rank::self.world], len(rows)
+        share = len(mine) / max(total, 1)
         return mine, share * (self.world if self.strategy == "fsdp" else 1.0)
+
+    def sum(self, values: dict[str, float]) -> dict[str, float]:
+        """Values summed over the processes (a collective; the same names on every process)."""
+        if not self.distributed:
+            return values
+        from accelerate.utils import reduce
+
+        names = sorted(values)
+        summed = reduce(torch.tensor([float(values[n]) for n in names], dtype=torch.float64), reduction="sum")
+        return dict(zip(names, summed.tolist()))
 
     def reduce_terms(self, terms: dict[str, float], weight: float) -> dict[str, float]:
         """Loss terms over all rows: the processes' values weighted by their shares of the minibatch."""
@@ -216,6 +269,46 @@ class Learner:
     def barrier(self) -> None:
         if self.distributed:
             self.state.wait_for_everyone()
+
+
+# ------------------------------------------------------------------------------------------ launching from Ray
+
+
+class LearnerProcess:
+    """A Ray actor: one process of a learner that Ray started (:func:`launch_on_ray`)."""
+
+    def address(self) -> tuple[str, int]:
+        import socket
+
+        import ray
+
+        with socket.socket() as probe:
+            probe.bind(("", 0))
+            return ray.util.get_node_ip_address(), probe.getsockname()[1]
+
+    def run(self, fn: Any, args: tuple, rank: int, world: int, master: tuple[str, int]) -> Any:
+        os.environ.update({"RANK": str(rank), "LOCAL_RANK": "0", "WORLD_SIZE": str(world),
+                           "LOCAL_WORLD_SIZE": "1", "MASTER_ADDR": master[0], "MASTER_PORT": str(master[1])})
+        return fn(*args)
+
+
+def launch_on_ray(processes: int, fn: Any, args: tuple, *, gpus: float = 0.0, cpus: float = 1.0) -> list[Any]:
+    """Run ``fn(*args)`` in ``processes`` Ray actors set up as one process group (rank 0's node is the master),
+    as ``torchrun`` would; returns each process's result, rank order. One failing stops them all."""
+    import ray
+
+    from vla_cl import workers
+
+    if not ray.is_initialized():
+        workers.start_ray(workers.current(), max(processes, int(os.cpu_count() or 1)))
+    actor = ray.remote(LearnerProcess).options(num_cpus=cpus, num_gpus=gpus)
+    ranks = [actor.remote() for _ in range(processes)]
+    try:
+        master = ray.get(ranks[0].address.remote())
+        return ray.get([r.run.remote(fn, args, i, processes, master) for i, r in enumerate(ranks)])
+    finally:
+        for r in ranks:
+            ray.kill(r, no_restart=True)
 
 
 def whole(value: torch.Tensor) -> torch.Tensor:

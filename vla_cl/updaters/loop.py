@@ -167,6 +167,17 @@ def train(
     except ValueError as error:
         raise ValueError(f"updater {updater.name!r}: {error}") from None
     check_setup(policy, updater, source, device)
+    learner.remote_inference = inference is not None
+    if learner.shards_episodes:
+        if not hasattr(source, "share"):
+            raise ValueError(f"invalid value for learner.shard_episodes: True, but updater {updater.name!r} learns "
+                             f"from {source.name}, which is not collected; set it to false")
+        states = getattr(source, "episodes", 0) // getattr(source, "repeats", 1)
+        if states < learner.world:
+            raise ValueError(f"invalid value for learner.shard_episodes: True, but an iteration's {states} initial "
+                             f"states cannot be shared by {learner.world} processes; collect more episodes "
+                             "(updater.episodes) or set it to false")
+        source.share = learner
     if inference is not None:
         if not source.remote_inference:
             raise ValueError(f"rollout.inference=worker: updater {updater.name!r} learns from {source.name}, "
@@ -223,17 +234,23 @@ def train(
                                                 rng, device, learner)
         except NonFinite as problem:
             raise TrainingDiverged(diverged_message(problem, iteration, updater, run_dir)) from None
-        counters["samples"] += len(batch) * updater.config.optim.update_epochs
-        counters["episodes"] += data_metrics.pop("episodes", 0)
-        counters["env_steps"] += data_metrics.pop("env_steps", 0)
-        record = {"iteration": iteration, **counters, **losses, **data_metrics, "batch_rows": len(batch)}
+        rows = learner.total_rows(len(batch))
+        counters["samples"] += rows * updater.config.optim.update_epochs
+        if learner.shards_episodes:  # counts summed, rates averaged over every process's episodes
+            data_metrics = learner.sum(data_metrics)
+            data_metrics.update({k: v / learner.world for k, v in data_metrics.items() if k.startswith("rollout/")
+                                 and k != "rollout/env_workers_replaced"})
+        counters["episodes"] += int(data_metrics.pop("episodes", 0))
+        counters["env_steps"] += int(data_metrics.pop("env_steps", 0))
+        record = {"iteration": iteration, **counters, **losses, **data_metrics,
+                  "batch_rows": rows}
         last = config.iterations
         if evaluating:
             record.update(evaluate(policy, env, config, seed, device))
         if due(iteration, config.probe_every, last):
             record.update(probe_metrics(probe, policy))
         seconds = time.perf_counter() - started
-        record.update(seconds=round(seconds, 4), samples_per_s=round(len(batch) * updater.config.optim.update_epochs
+        record.update(seconds=round(seconds, 4), samples_per_s=round(rows * updater.config.optim.update_epochs
                                                                      / max(seconds, 1e-9), 2))
         log(**record)
         bar.set_postfix({k: f"{record[k]:.3g}" for k in ("train/loss", "eval/success_rate", "kl/mean") if k in record})
@@ -323,14 +340,17 @@ def optimise(policy: Policy, updater: Updater, batch: Batch, optimizer: torch.op
     counts: dict[str, int] = defaultdict(int)
     lr = None
     optimizer.zero_grad(set_to_none=True)
+    sizes = learner.batch_sizes(len(batch))  # with shard_episodes each process's batch is its own
     for epoch in range(c.update_epochs):
         order = rng.permutation(len(batch))
         for k, rows in enumerate(np.array_split(order, c.minibatches)):
-            if len(rows):
-                mine, weight = learner.shard(rows)
-                if not len(mine):
-                    raise ValueError(f"a minibatch of {len(rows)} rows leaves process {learner.rank} of "
-                                     f"{learner.world} none; collect more episodes or lower updater.optim.minibatches")
+            counts_k = [len(np.array_split(np.arange(n), c.minibatches)[k]) for n in sizes]  # every process's rows
+            if len(rows) or any(counts_k):
+                mine, weight = learner.shard(rows, counts_k)
+                if not all(counts_k) or not len(mine):
+                    raise ValueError(f"minibatch {k + 1} leaves a learner process without rows (rows per process: "
+                                     f"{counts_k if learner.shards_episodes else len(rows)}); collect more "
+                                     "episodes, lower updater.optim.minibatches, or set learner.shard_episodes=false")
                 terms = updater.loss(policy, batch.select(mine).to(device))
                 values = learner.reduce_terms({k: float(v.detach()) for k, v in terms.items()}, weight)
                 if not np.isfinite(values["loss"]):

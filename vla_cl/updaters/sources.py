@@ -57,6 +57,7 @@ class Episodes(Source):
         self.actor, self.episodes, self.repeats, self.reward = actor, episodes, repeats, reward
         self.greedy, self.with_probs, self.seed, self.device = greedy, with_probs, seed, device
         self.inference: Any = None  # a vla_cl.updaters.inference.InferenceWorker acting for the policy
+        self.share: Any = None  # a vla_cl.updaters.distributed.Learner whose process collects its own share
 
     @classmethod
     def for_updater(cls, updater: Any, policy: Policy, *, demos: Any, teacher: Policy | None, reward: str,
@@ -71,9 +72,13 @@ class Episodes(Source):
     def collect(self, env: Any, iteration: int) -> tuple[Any, dict[str, float]]:
         synced = self.inference.sync(self.actor) if self.inference is not None else {}  # the last update's weights
         replaced = getattr(env, "replaced", 0)
+        states, sampling = range(self.episodes // self.repeats), generator(self.seed, SAMPLE, iteration)
+        if self.share is not None:  # this process's initial states of the iteration, sampled on its own stream
+            states = self.share.share(len(states))
+            sampling = torch.Generator().manual_seed(derived_seed(self.seed, SAMPLE, iteration) + 7919 * self.share.rank)
         rollouts = collect_rollouts(
-            self.actor, env, self.episodes // self.repeats, derived_seed(self.seed, TRAIN, iteration),
-            generator(self.seed, SAMPLE, iteration), repeats=self.repeats, reward=self.reward, greedy=self.greedy,
+            self.actor, env, len(states), derived_seed(self.seed, TRAIN, iteration) + states.start,
+            sampling, repeats=self.repeats, reward=self.reward, greedy=self.greedy,
             with_probs=self.with_probs, device=self.device,
             actor=None if self.inference is None else self.inference.actor())
         summary = rollouts.summary()
