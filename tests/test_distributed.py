@@ -78,7 +78,7 @@ def test_fsdp_with_gradient_checkpointing_and_bf16(tmp_path):
 
 TRAIN = ["-m", "vla_cl.cli", "train", "policy_preset=tiny", "updater=ppo", "updater.episodes=4", "num_envs=2",
          "eval_episodes=2", "probe_episodes=1", "progress=false", "reward=env", "checkpoint_every=1",
-         "refresh_every=1", "task=maniskill/PickCube-v1", "max_episode_steps=20"]
+         "refresh_every=1", "task=maniskill/PickCube-v1", "max_episode_steps=20", "eval_greedy=true"]
 
 
 def metrics(folder: Path) -> list[dict]:

@@ -7,14 +7,25 @@
         learner.gradient_checkpointing=true rollout.inference=worker ...
 
 accelerate's :class:`~accelerate.PartialState` reads the launcher's environment and sets up the process group
-(gloo on CPUs, NCCL on GPUs) and each process's device. Every process runs the whole loop on the same data:
-the iteration's episodes (same seeds, same sampling: the same episodes on every process, or one Ray collection
-per process with env workers) and ``updater.prepare``. Each minibatch is split between the processes (rows
-``rank::world``); each computes its rows' loss, weighted by its share of the minibatch, and the gradients are
-summed over the processes (``accelerate.utils.reduce``) before clipping and the optimiser step. For a loss
-that is a mean over rows the result is the gradient of the whole minibatch, so the update is the one a single
-process makes, up to float rounding (``tests/test_distributed.py``: two gloo processes against one on the
-concatenated batch). The logged loss terms are the same weighted means over all rows.
+(gloo on CPUs, NCCL on GPUs) and each process's device; ``learner.processes=N`` has Ray start the N processes
+instead (:func:`launch_on_ray`, one GPU each on cuda), for a cluster without a launcher.
+
+Data. By default every process collects the iteration's episodes itself (same seeds, same sampling: the same
+episodes on every process) and runs ``updater.prepare``; each minibatch is then split between the processes
+(rows ``rank::world``). With ``shard_episodes`` each process collects its own share of the iteration's initial
+states on its own sampling stream and keeps its whole batch (more episodes per second; the data differ from a
+one-process run's, and advantages are standardised within each process's episodes). Either way each process
+computes its rows' loss weighted by its share of the minibatch's rows over all processes, and the gradients are
+summed over the processes (``accelerate.utils.reduce``) before clipping and the optimiser step: for a loss that
+is a mean over rows, the gradient of the whole minibatch, i.e. the update one process makes on the concatenated
+batch, up to float rounding (``tests/test_distributed.py``). The logged loss terms are the same weighted means
+(exact for row means; ``explained_variance`` is the weighted mean of the processes' values); episode and step
+counts are summed.
+
+Measurements (ddp). The evaluation's episodes and the KL probe's states are split between the processes and
+gathered: the probe gives the one-process numbers; greedy evaluation too, sampled evaluation draws each
+process's actions from its own stream. Under fsdp every process measures everything (its sharded layers need
+every process in the same forward passes).
 
 The gradient sum comes after the backward pass instead of inside it (``torch.nn.parallel.DistributedDataParallel``)
 because an updater's loss calls the policy's methods (``log_probs``, ``value``, ``entropy``, several per loss),
@@ -156,9 +167,10 @@ class Learner:
         """Each process collects its own episodes (``shard_episodes``): its batch is its own, not a copy."""
         return self.distributed and self.config.shard_episodes
 
-    def share(self, total: int) -> range:
-        """This process's part of ``total`` items (initial states of an iteration), contiguous and even."""
-        if not self.shards_episodes:
+    def share(self, total: int, force: bool = False) -> range:
+        """This process's part of ``total`` items (an iteration's initial states under ``shard_episodes``, or
+        with ``force`` evaluation episodes and probe states), contiguous and as even as ``total`` allows."""
+        if not (self.shards_episodes or (force and self.distributed)):
             return range(total)
         sizes = [len(block) for block in np.array_split(np.arange(total), self.world)]
         start = sum(sizes[:self.rank])
@@ -171,6 +183,20 @@ class Learner:
         from accelerate.utils import gather
 
         return [int(n) for n in gather(torch.tensor([rows])).tolist()]
+
+    @property
+    def shards_measurements(self) -> bool:
+        """Evaluation episodes and KL-probe states are split between the processes (ddp; fsdp's sharded layers
+        need every process in the same forward passes, so there each measures everything)."""
+        return self.distributed and not self.sharded
+
+    def gather(self, items: list) -> list:
+        """Every process's ``items``, concatenated in rank order (a collective)."""
+        if not self.distributed:
+            return items
+        from accelerate.utils import gather_object
+
+        return gather_object(items)
 
     def total_rows(self, rows: int) -> int:
         """Rows of the iteration's data over all processes (each has its own, or every one a copy)."""

@@ -191,7 +191,9 @@ def train(
     total_steps = config.iterations * updater.config.optim.steps_per_iteration
     # Without an env (training on demonstrations alone, e.g. pretraining pi0) there is no evaluation and
     # no KL probe: the caller evaluates the result on a suite.
-    probe = kl_probe(policy, env, config, run_dir, seed, device, write=learner.main) if env is not None else None
+    probe = kl_probe(policy, env, config, run_dir, seed, device, write=learner.main,
+                     learner=learner) if env is not None else None
+    measure = {"learner": learner}
 
     checkpoints = run_dir.path / "artifacts" / "checkpoints"
     if learner.sharded and ckpt.latest_checkpoint(checkpoints) is not None:
@@ -212,7 +214,8 @@ def train(
     log = Logger(run_dir, writer) if learner.main else (lambda **_: None)
 
     if start == 0:
-        log(iteration=0, **counters, **evaluate(policy, env, config, seed, device), **probe_metrics(probe, policy))
+        log(iteration=0, **counters, **evaluate(policy, env, config, seed, device, **measure),
+            **probe_metrics(probe, policy, **measure))
 
     from tqdm.auto import tqdm
 
@@ -246,9 +249,9 @@ def train(
                   "batch_rows": rows}
         last = config.iterations
         if evaluating:
-            record.update(evaluate(policy, env, config, seed, device))
+            record.update(evaluate(policy, env, config, seed, device, **measure))
         if due(iteration, config.probe_every, last):
-            record.update(probe_metrics(probe, policy))
+            record.update(probe_metrics(probe, policy, **measure))
         seconds = time.perf_counter() - started
         record.update(seconds=round(seconds, 4), samples_per_s=round(rows * updater.config.optim.update_epochs
                                                                      / max(seconds, 1e-9), 2))
@@ -381,16 +384,25 @@ def optimise(policy: Policy, updater: Updater, batch: Batch, optimizer: torch.op
     return out, step
 
 
-def evaluate(policy: Policy, env: Any, config: LoopConfig, seed: int, device: torch.device) -> dict[str, float]:
+def evaluate(policy: Policy, env: Any, config: LoopConfig, seed: int, device: torch.device,
+             learner: Any = None) -> dict[str, float]:
     """Success rate, return and length over the same ``eval_episodes`` seeded episodes every time (nothing
-    without an env)."""
+    without an env). A ``learner`` that shards measurements has each process run its share of the episodes
+    (the same seeds; sampled actions from each process's own stream) and gathers them."""
     from vla_cl.envs.vector import rollout, summarize
 
     if env is None:
         return {}
-
-    actor = PolicyActor(policy, generator(seed, EVAL_SAMPLE), config.eval_greedy, device)
-    episodes = rollout(actor, env, config.eval_episodes, seed=derived_seed(seed, EVAL))
+    share, sampling = range(config.eval_episodes), generator(seed, EVAL_SAMPLE)
+    if learner is not None and learner.shards_measurements:
+        share = learner.share(config.eval_episodes, force=True)
+        sampling = torch.Generator().manual_seed(derived_seed(seed, EVAL_SAMPLE) + 7919 * learner.rank)
+    episodes = []
+    if len(share):
+        actor = PolicyActor(policy, sampling, config.eval_greedy, device)
+        episodes = rollout(actor, env, len(share), seed=derived_seed(seed, EVAL) + share.start)
+    if learner is not None and learner.shards_measurements:
+        episodes = learner.gather(episodes)
     summary = summarize(episodes)
     metrics = {"eval/success_rate": summary["success_rate"], "eval/length": summary["mean_length"]}
     if config.reward == "env":  # with the success reward the return is the success rate
@@ -402,9 +414,10 @@ def evaluate(policy: Policy, env: Any, config: LoopConfig, seed: int, device: to
 
 
 def kl_probe(policy: Policy, env: Any, config: LoopConfig, run_dir: RunDir, seed: int, device: torch.device,
-             write: bool = True):
+             write: bool = True, learner: Any = None):
     """The KL probe on a fixed set of new-task states: read from the run directory, or collected now with
-    the policy (pi0: call before any update) and saved (``write``). pi0's distributions on it are cached."""
+    the policy (pi0: call before any update) and saved (``write``). pi0's distributions on it are cached.
+    A ``learner`` that shards measurements keeps this process's contiguous share of the states."""
     from vla_cl.kl import KLProbe
 
     path = run_dir.path / "artifacts" / PROBE_FILE
@@ -416,6 +429,12 @@ def kl_probe(policy: Policy, env: Any, config: LoopConfig, run_dir: RunDir, seed
         obs, tokens = probe_subset(rollouts, config.probe_states)
         if write:
             save_probe_set(run_dir.artifacts / PROBE_FILE, obs, tokens)
+    if learner is not None and learner.shards_measurements:
+        rows = torch.as_tensor(list(learner.share(len(obs), force=True)), dtype=torch.long)
+        if not len(rows):
+            raise ValueError(f"the KL probe's {len(obs)} states cannot be shared by {learner.world} processes; "
+                             "raise probe_states or probe_episodes")
+        obs, tokens = obs.select(rows), tokens[rows]
     probe = KLProbe({"obs": obs, "tokens": tokens}, batch_size=64, support=policy.action_support)
     with policy.reference():
         probe.cache_reference(probe_logits_fn(policy, device))
@@ -426,10 +445,15 @@ def probe_logits_fn(policy: Policy, device: torch.device):
     return lambda batch: policy.action_logits(batch["obs"].to(device), batch["tokens"].to(device))
 
 
-def probe_metrics(probe: Any, policy: Policy) -> dict[str, float]:
+def probe_metrics(probe: Any, policy: Policy, learner: Any = None) -> dict[str, float]:
+    """E[KL(pi0 || pi)] on the probe set with its standard error (over every process's states when sharded)."""
+    from vla_cl.kl import KLEstimate
+
     if probe is None:
         return {}
     estimate = probe.measure(probe_logits_fn(policy, next(policy.parameters()).device))
+    if learner is not None and learner.shards_measurements:
+        estimate = KLEstimate.from_samples(torch.cat(learner.gather([estimate.per_sample])))
     return {"kl/mean": estimate.mean, "kl/std_error": estimate.std_error}
 
 
