@@ -122,6 +122,23 @@ def test_train_under_torchrun_matches_one_process_writes_once_and_resumes(tmp_pa
 
 
 @pytest.mark.sim
+def test_an_fsdp_train_run_of_the_openvla_layout_matches_one_process(tmp_path):
+    """The whole loop under fsdp (LoRA, gradient checkpointing): collection and evaluation through the sharded
+    layers, the update, the gathered final adapters."""
+    args = ["-m", "vla_cl.cli", "train", "policy=openvla", "policy_preset=tiny", "lora_rank=4", "updater=reinforce",
+            "updater.episodes=2", "num_envs=2", "eval_episodes=2", "probe_episodes=1", "progress=false",
+            "reward=env", "task=maniskill/PickCube-v1", "max_episode_steps=10", "iterations=2", "eval_greedy=true"]
+    launch(*args, f"out_dir={tmp_path / 'one'}", processes=1)
+    launch(*args, "learner.strategy=fsdp", "learner.gradient_checkpointing=true", f"out_dir={tmp_path / 'two'}")
+    for a, b in zip(metrics(tmp_path / "one"), metrics(tmp_path / "two")):
+        for key, value in a.items():
+            assert value == pytest.approx(b[key], rel=1e-4, abs=1e-6), key
+    one, two = (load_file(str(tmp_path / run / "artifacts" / "policy" / "model.safetensors")) for run in ("one", "two"))
+    assert any("lora_" in name for name in one) and one.keys() == two.keys()
+    assert max(float((one[k] - two[k]).abs().max()) for k in one) < 1e-5  # (LoRA B moved ~1e-3 from zero)
+
+
+@pytest.mark.sim
 def test_processes_sharing_the_episodes_count_each_once(tmp_path):
     launch(*TRAIN, "iterations=1", "updater.episodes=4", "learner.shard_episodes=true", f"out_dir={tmp_path}")
     lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
@@ -147,6 +164,13 @@ def _status(pid: int) -> str:
         return Path(f"/proc/{pid}/status").read_text()
     except OSError:
         return "zombie"
+
+
+def test_the_accelerate_config_file_is_one_accelerate_reads():
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    config = load_config_from_file(str(REPO / "configs" / "accelerate" / "multi_gpu.yaml"))
+    assert config.distributed_type == "MULTI_GPU" and config.mixed_precision == "no"
 
 
 def test_a_bad_learner_setting_names_the_field(tmp_path, monkeypatch, capsys):

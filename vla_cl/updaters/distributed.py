@@ -160,6 +160,13 @@ class Learner:
                              "parameters; with learner.strategy=ddp or single keep it at no")
         return policy
 
+    def resharded(self) -> None:
+        """Put every sharded layer back in its sharded state. A forward pass without gradients that ends early
+        (generation with a KV cache stops after the last action token) can leave layers gathered, with their
+        whole tensors registered as the parameters; an update must start from the shards."""
+        for module in self.sharded:
+            module.reshard()
+
     # -- the data
 
     @property

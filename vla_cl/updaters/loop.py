@@ -337,6 +337,7 @@ def optimise(policy: Policy, updater: Updater, batch: Batch, optimizer: torch.op
     from vla_cl.updaters.distributed import Learner
 
     learner = learner or Learner()
+    learner.resharded()
     c = updater.config.optim
     params = policy.trainable_parameters()
     sums: dict[str, float] = defaultdict(float)
