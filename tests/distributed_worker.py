@@ -78,6 +78,9 @@ def main(mode: str, out: str, policy_name: str, what: str, precision: str = "no"
     seeds = ((11 + 100 * learner.rank,) if learner.distributed else (11, 111)) if sharded else (11,)
     policy, updater, batch = build(policy_name, seeds)
     learner.prepare(policy)
+    if checkpointing == "1":  # transformers' flag (either name) says the layers recompute
+        lm = policy.language_model
+        assert getattr(lm, "is_activation_checkpointing", None) or lm.is_gradient_checkpointing
     params = policy.trainable_parameters()
     names = {id(p): n for n, p in policy.named_parameters()}
     if what in ("gradients", "own-episodes"):

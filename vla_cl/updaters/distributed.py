@@ -133,10 +133,14 @@ class Learner:
         """Apply gradient checkpointing and, for fsdp, shard the language model's decoder layers."""
         lm = getattr(policy, "language_model", None)
         if self.config.gradient_checkpointing:
-            if lm is None or not hasattr(lm, "gradient_checkpointing_enable"):
+            kwargs = {"use_reentrant": False}
+            if hasattr(lm, "activation_checkpointing_enable"):  # transformers' newer name
+                lm.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+            elif hasattr(lm, "gradient_checkpointing_enable"):
+                lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+            else:
                 raise ValueError(f"invalid value for learner.gradient_checkpointing: True, but {policy.name} has no "
                                  "language model to checkpoint (it applies to openvla)")
-            lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if self.strategy == "fsdp":
             layers = [m for m in lm.modules() if type(m).__name__.endswith("DecoderLayer")] if lm is not None else []
             if not layers:  # (under LoRA the layers sit inside the adapter wrapper: found by their class)
