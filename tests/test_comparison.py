@@ -9,7 +9,7 @@ import pytest
 from vla_cl.evaluation import comparison as C
 from vla_cl.evaluation import law as L
 from vla_cl.kl import fit_forgetting
-from vla_cl.kl.fit import fit_trust
+from vla_cl.kl.fit import binomial_ceiling, ceiling_words, fit_trust
 
 TASKS = ["a", "b", "c"]
 
@@ -157,3 +157,56 @@ def test_the_trust_table_weighs_snapshots_less_than_final_models():
     trust = L.r2_trust_table(points)["forward_kl_new"]
     assert trust["weighted"]["r2"] > trust["r2"]  # the outlying snapshot counts less
     assert set(trust["weighted"]) == {"r2", "adjusted_r2", "loo_r2", "r2_low", "r2_high"}
+
+
+def _noisy_sweep(rng, truth, episodes, p_old=0.8):
+    """pi0 and one point per true forgetting value, each retention task measured on ``episodes`` episodes."""
+    draw = lambda p: (rng.random(episodes) < p).astype(float)
+    base = model("pi0", "pi0", [draw(p_old) for _ in TASKS], draw(0.1))
+    specs = [model(f"p{i}", "rl", [draw(p_old - f) for _ in TASKS], draw(0.5)) for i, f in enumerate(truth)]
+    return points_of(base, *specs)
+
+
+def test_the_noise_ceiling_is_near_1_for_a_wide_spread_on_many_episodes_and_low_for_a_narrow_one_on_few():
+    rng = np.random.default_rng(0)
+    wide = L.noise_ceiling(*reversed(_noisy_sweep(rng, np.linspace(0.0, 0.6, 10), 400)), draws=300)
+    narrow = L.noise_ceiling(*reversed(_noisy_sweep(rng, np.linspace(0.0, 0.05, 10), 16)), draws=300)
+    assert wide["r2"] > 0.9 and wide["explainable"] > 0.9
+    assert narrow["r2"] < 0.5
+    assert wide["r2_low"] <= wide["r2"] <= wide["r2_high"] and wide["points"] == 10 and wide["draws"] == 300
+    assert L.noise_ceiling(*reversed(_noisy_sweep(rng, [0.1, 0.2], 50))) is None  # under 3 points
+
+
+def test_a_perfect_predictors_r2_falls_inside_the_ceilings_interval():
+    # calibration: the predictor that knows each point's true forgetting reaches the ceiling, within its interval
+    rng = np.random.default_rng(1)
+    truth = np.linspace(0.0, 0.2, 12)
+    inside, medians, perfect = 0, [], []
+    for _ in range(40):
+        pi0, points = _noisy_sweep(rng, truth, 50)
+        ceiling = L.noise_ceiling(points, pi0, draws=200, seed=int(rng.integers(1 << 30)))
+        r2 = fit_forgetting(truth, [p.forgetting for p in points], 2).r2
+        inside += ceiling["r2_low"] <= r2 <= ceiling["r2_high"]
+        medians.append(ceiling["r2"])
+        perfect.append(r2)
+    assert inside >= 30  # a 90 % interval; 40 sweeps
+    assert abs(np.mean(medians) - np.mean(perfect)) < 0.1
+
+
+def test_the_binomial_ceiling_matches_the_episode_ceiling_for_binary_outcomes():
+    rng = np.random.default_rng(2)
+    pi0, points = _noisy_sweep(rng, np.linspace(0.0, 0.3, 10), 100)
+    episodes = L.noise_ceiling(points, pi0, draws=400)
+    # one task of 300 examples carries the same noise as the mean over three tasks of 100
+    accuracies = [p.mean_retention for p in points]
+    binomial = binomial_ceiling([p.forgetting for p in points], accuracies, 300, draws=400)
+    assert binomial["r2"] == pytest.approx(episodes["r2"], abs=0.05)
+
+
+def test_the_ceiling_words_say_whether_predictors_can_be_told_apart():
+    low = {"r2": 0.3, "r2_low": 0.1, "r2_high": 0.5, "explainable": 0.35}
+    high = {"r2": 0.92, "r2_low": 0.85, "r2_high": 0.96, "explainable": 0.95}
+    assert "too noisy" in ceiling_words(low, {"forward_kl_new": 0.2, "tv_new": None})
+    words = ceiling_words(high, {"forward_kl_new": 0.46, "tv_new": 0.2})
+    assert "precise enough" in words and "forward_kl_new, reaches 0.46, 50% of the ceiling" in words
+    assert "Too few points" in ceiling_words(None, {})

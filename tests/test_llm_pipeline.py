@@ -59,6 +59,7 @@ def test_every_stage_runs_resumes_and_reports_labelled_numbers(smoke):
         for name in ("forward_kl_new", "reverse_kl_old", "weight_fisher_l2", "cka_old"):
             assert point[name] is not None, name
     assert "forward_kl_new" in summary["r2"] and summary["finding"]["statement"]
+    assert summary["noise_ceiling"]["points"] == 4 and summary["noise_ceiling_words"]  # the fits' noise ceiling
     # each run logged the KL during training at every step of its 2
     for run in ("grpo_lr0p001", "sft_lr0p001"):
         done = json.loads((out / "sweep" / run / "done.json").read_text())

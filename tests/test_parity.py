@@ -312,6 +312,10 @@ def test_tiny_sweep_end_to_end_and_resume(tmp_path, capsys):
         png = (out / "artifacts" / name).read_bytes()
         assert png.startswith(PNG_MAGIC) and len(png) > 10_000
     assert "forward_kl_new" in (out / "report.md").read_text()
+    # the noise ceiling of the same fit, from the old-task test set's binomial noise
+    ceiling = summary["noise_ceiling"]
+    assert 0.0 <= ceiling["r2_low"] <= ceiling["r2"] <= ceiling["r2_high"] <= 1.0 and ceiling["points"] == 12
+    assert summary["noise_ceiling_words"] in (out / "report.md").read_text()
 
     # Resume: a result disappears (as if the sweep had been killed during that run); only that run is done
     # again (in this process: one run needs one worker), and pi0 is not retrained.

@@ -256,6 +256,9 @@ def test_every_stage_runs_and_an_interrupted_run_resumes(smoke_run):
     assert finding["examples"]["selection"] and finding["same_episodes"]["sft_minus_rl"]
     assert finding["tradeoff"]["levels"]
     assert all("weighted" in trust for trust in summary["r2_trust"].values() if trust)
+    # every fit beside its noise ceiling, in summary.json and the report's words
+    assert summary["noise_ceiling"]["points"] == len(summary["runs"]) and summary["noise_ceiling_final"]
+    assert "noise ceiling" in (out / "report.html").read_text() and summary["noise_ceiling_words"].startswith("Noise")
     finals = {run["key"] for run in summary["runs"] if run["final"]}
     assert all(r.get("point") in finals | {"pi0", None} for rows in summary["matched"]["families"].values()
                for r in rows)  # the matched table holds final policies only

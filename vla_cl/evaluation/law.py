@@ -13,6 +13,9 @@ over retention tasks of pi0's score minus the model's on the examples both ran, 
   Spearman's rank correlation (``vla_cl.kl.fit.fit_trust``), for fits of a 3-parameter curve on a few points,
   and the same fit weighted by each point's sampling noise (``forgetting_variance``: points measured on
   fewer episodes, such as 16-episode snapshots, count less than 50-episode final ones).
+* ``noise_ceiling``: the R^2 a perfect predictor would reach given each point's measurement noise (a
+  parametric bootstrap of its episodes), so a low R^2 can be read: near the ceiling is as good as the
+  experiment can show; a ceiling far below 1 means the experiment cannot tell predictors apart.
 * ``pareto``: the points of a family no other point of it beats on both new-task score and mean retention.
 * ``matched`` (final models only): at a level a, a family's forgetting is that of its final model with
   new-task score >= a that forgot least (pi0 counts for a <= its own score: forgetting 0), with the paired
@@ -37,7 +40,7 @@ import numpy as np
 from vla_cl.evaluation import comparison as C
 from vla_cl.kl import fit_forgetting
 from vla_cl.kl.compare import PREDICTORS
-from vla_cl.kl.fit import fit_trust
+from vla_cl.kl.fit import CEILING_DRAWS, ceiling_of, ceiling_words, fit_trust
 from vla_cl.stats import Interval, paired_bootstrap_mean_difference
 
 Outcomes = Mapping[str, Mapping[Hashable, float]]  # retention task -> example id -> score in [0, 1]
@@ -115,6 +118,31 @@ def forgetting_variance(point: Point) -> float:
         p = (sum(scores.values()) + 1.0) / (n + 2.0)
         terms.append(p * (1.0 - p) / n)
     return float(sum(terms) / len(terms) ** 2)
+
+
+CEILING_KEYS = ("noise_ceiling", "noise_ceiling_final", "noise_ceiling_words")  # in law.json and summary.json
+
+
+def noise_ceiling(points: list[Point], pi0: Point, draws: int = CEILING_DRAWS, seed: int = 0) -> dict[str, Any] | None:
+    """The R^2 a perfect predictor would reach given the points' own measurement noise (None: under 3 points).
+
+    A perfect predictor knows each point's true forgetting f_i; what is fitted is the measured y_i = f_i + e_i,
+    where e_i comes from the finite episodes each point was evaluated on. Each draw re-measures every point's
+    forgetting on its episodes resampled with replacement (per retention task; pi0's held fixed, as its noise
+    is shared by every point) minus its measured forgetting: a draw of e_i (a parametric bootstrap of the
+    measurement, ``ceiling_of`` does the rest)."""
+    if len(points) < 3:
+        return None
+    rng = np.random.default_rng(seed)
+    errors = np.empty((draws, len(points)))
+    for i, point in enumerate(points):
+        per_task = []
+        for task in point.outcomes:
+            base, scores = common(pi0.outcomes[task], point.outcomes[task], task)
+            picks = rng.integers(0, scores.size, (draws, scores.size))
+            per_task.append(base.mean() - scores[picks].mean(axis=1))
+        errors[:, i] = np.mean(per_task, axis=0) - point.forgetting
+    return ceiling_of([p.forgetting for p in points], errors, float(np.mean([forgetting_variance(p) for p in points])))
 
 
 def r2_table(points: list[Point]) -> dict[str, float | None]:
@@ -242,12 +270,17 @@ def analyse(pi0: Point, points: list[Point], retention_tasks: list[str], levels:
             **finding_words: str) -> dict[str, Any]:
     """Everything above for one sweep, as a JSON-ready dict (the report's ``law.json``)."""
     finals = [p for p in points if p.final]
+    r2, r2_final = r2_table(points), r2_table(finals)
+    ceiling, ceiling_final = noise_ceiling(points, pi0), noise_ceiling(finals, pi0)
     return {
         "pi0": pi0.to_dict(),
         "points": [p.to_dict() for p in points],
-        "r2": r2_table(points),
-        "r2_final": r2_table(finals),
+        "r2": r2,
+        "r2_final": r2_final,
         "r2_trust": r2_trust_table(points),
+        "noise_ceiling": ceiling,
+        "noise_ceiling_final": ceiling_final,
+        "noise_ceiling_words": ceiling_words(ceiling, r2),
         "fit_forward_kl_new": fit_curve(points),
         "pareto": {family: [p.key for p in pareto([q for q in points if q.family == family])]
                    for family in sorted({p.family for p in points})},

@@ -94,6 +94,13 @@ def plot_r2(law: dict, path: Path, finals_label: str = "final policies only") ->
     ax.barh(y, values, color=["#2ca02c" if n == "forward_kl_new" else "#7f7f7f" for n in names])
     ax.scatter([law["r2_final"].get(n) or 0.0 for n in names], y, color="black", s=12, zorder=3,
                label=finals_label)
+    for key, style, label in (("noise_ceiling", "--", "noise ceiling (a perfect predictor)"),
+                              ("noise_ceiling_final", ":", f"noise ceiling, {finals_label}")):
+        ceiling = law.get(key)
+        if ceiling:
+            ax.axvline(ceiling["r2"], color="#1f77b4", ls=style, lw=1.2, label=f"{label}: {ceiling['r2']:.2f}")
+            if key == "noise_ceiling":
+                ax.axvspan(ceiling["r2_low"], ceiling["r2_high"], color="#1f77b4", alpha=0.12, lw=0)
     ax.set_yticks(y, names, fontsize=8)
     ax.invert_yaxis()
     ax.set_xlim(min(0.0, min(values)), 1.0)
@@ -114,6 +121,11 @@ def r2_rows(law: dict, final_label: str, names: dict[str, str] | None = None) ->
     rows = [[html.escape((names or {}).get(n, n)), fmt(law["r2"].get(n)), trust(n, "adjusted_r2"), trust(n, "loo_r2"),
              f"{trust(n, 'r2_low')} to {trust(n, 'r2_high')}", trust(n, "spearman"), trust(n, "r2", "weighted"),
              trust(n, "loo_r2", "weighted"), fmt(law["r2_final"].get(n))] for n in PREDICTORS]
+    ceiling, final = law.get("noise_ceiling"), law.get("noise_ceiling_final")
+    if ceiling:
+        rows.append(["<b>noise ceiling</b> (a perfect predictor)", fmt(ceiling["r2"]), "", "",
+                     f"{fmt(ceiling['r2_low'])} to {fmt(ceiling['r2_high'])} (90 % of noise draws)", "", "", "",
+                     fmt(final["r2"]) if final else "n/a"])
     header = ["predictor", "all points", "adjusted", "leave-one-out", "95 % interval (bootstrap over points)",
               "Spearman", "weighted", "weighted leave-one-out", final_label]
     note = ("<p>A 3-parameter curve fitted to a few points: the adjusted and leave-one-out R<sup>2</sup>, the "
@@ -122,7 +134,11 @@ def r2_rows(law: dict, final_label: str, names: dict[str, str] | None = None) ->
             "variance of its forgetting (<code>vla_cl.evaluation.law.forgetting_variance</code>), so points measured "
             "on fewer episodes count less. The paper's own R<sup>2</sup> values are not shown: this project could not "
             "check them against the paper's tables, row by row.</p>")
-    return table(header, rows) + "\n" + note
+    words = law.get("noise_ceiling_words")
+    ceiling_note = "" if not words else (
+        f"<p><b>Can this experiment tell predictors apart?</b> {html.escape(words)} The ceiling is a parametric "
+        "bootstrap of each point's own evaluation examples, episodes or benchmark items (<code>vla_cl.evaluation.law.noise_ceiling</code>).</p>")
+    return table(header, rows) + "\n" + ceiling_note + note
 
 
 def fmt(value: float | None, digits: int = 3) -> str:

@@ -5,7 +5,8 @@ The paper fits forgetting (drop in old-task performance) against each candidate 
 new task comes out on top (R^2 ~ 0.96 on ParityMNIST). R^2 here is the usual 1 - SS_res / SS_tot of the
 fitted polynomial on the same points (no cross-validation), as in the paper; :func:`fit_trust` adds what
 says how far that in-sample number can be trusted on a few points (adjusted and leave-one-out R^2, a
-bootstrap interval over the points, Spearman's rank correlation).
+bootstrap interval over the points, Spearman's rank correlation), and :func:`ceiling_of` the noise ceiling:
+the R^2 a perfect predictor would reach given each point's measurement noise.
 """
 
 from __future__ import annotations
@@ -157,3 +158,73 @@ def rank_predictors(
         except ValueError as error:
             raise ValueError(f"predictor {name!r}: {error}") from error
     return sorted(fits, key=lambda item: item[1].r2, reverse=True)
+
+
+# ------------------------------------------------------------------------------------------ the noise ceiling
+
+CEILING_DRAWS = 1000
+
+
+def binomial_ceiling(forgetting: list[float], accuracies: list[float], n: int, draws: int = CEILING_DRAWS,
+                     seed: int = 0) -> dict[str, Any] | None:
+    """``noise_ceiling`` for points whose forgetting is pi0's accuracy minus an accuracy measured on the same ``n``
+    held-out examples (ParityMNIST's old task): each draw re-measures every accuracy as Binomial(n, a) / n."""
+    if len(forgetting) < 3:
+        return None
+    a = np.clip(np.asarray(accuracies, dtype=float), 0.0, 1.0)
+    rng = np.random.default_rng(seed)
+    errors = a - rng.binomial(n, a, (draws, a.size)) / n  # forgetting = pi0 - accuracy: its error is -(a* - a)
+    variance = float(np.mean((a * (1 - a) + 1.0 / n) / n))  # kept off 0 at accuracies of 0 or 1
+    return ceiling_of(list(forgetting), errors, variance)
+
+
+def ceiling_of(forgetting: list[float], errors: np.ndarray, noise: float) -> dict[str, Any] | None:
+    """The noise ceiling from the measured forgetting y (n,), draws of its measurement errors (draws, n) and the mean
+    error variance ``noise``.
+
+    The true spread is estimated from the measured one, Var(f) = Var(y) - noise, and each true f_i is y_i shrunk
+    towards the mean by sqrt(Var(f) / Var(y)) (the explainable share). Each draw fits the 2nd-degree curve of
+    f + e on f, as every predictor's fit is made, and keeps its R^2. Returns the median R^2 with a 90 % interval
+    over the draws, the explainable share and the variances. A predictor's R^2 near the ceiling is as good as this
+    experiment can show; a ceiling far below 1 means the experiment cannot tell predictors apart by R^2 alone."""
+    y = np.asarray(forgetting, dtype=float)
+    spread = float(np.var(y, ddof=1))
+    explainable = max(0.0, 1.0 - noise / spread) if spread > 0 else 0.0
+    truth = y.mean() + (y - y.mean()) * np.sqrt(explainable)
+    r2s = []
+    for row in errors:
+        if explainable == 0.0:
+            r2s.append(0.0)
+            continue
+        try:
+            r2s.append(float(fit_forgetting(truth, truth + row, 2).r2))
+        except ValueError:
+            continue
+    if not r2s:
+        return None
+    low, median, high = np.quantile(r2s, [0.05, 0.5, 0.95])
+    return {"r2": float(median), "r2_low": float(low), "r2_high": float(high), "explainable": explainable,
+            "noise_variance": noise, "forgetting_variance": spread, "points": int(y.size), "draws": len(r2s)}
+
+
+def ceiling_words(ceiling: dict[str, Any] | None, r2: Mapping[str, float | None]) -> str:
+    """What the noise ceiling says about an R^2 table (predictor -> R^2), in two or three sentences."""
+    if ceiling is None:
+        return "Too few points for a noise ceiling: no R^2 here can be judged."
+    c = ceiling["r2"]
+    head = (f"Noise ceiling: a perfect predictor would reach R^2 {c:.2f} (90 % of draws {ceiling['r2_low']:.2f} to "
+            f"{ceiling['r2_high']:.2f}) given each point's measurement noise; {ceiling['explainable']:.0%} of the "
+            "measured spread of forgetting is more than that noise.")
+    if c < 0.5:
+        verdict = (" The experiment is too noisy to tell predictors apart by R^2: a low R^2 here is not evidence "
+                   "against a predictor.")
+    elif c < 0.8:
+        verdict = " The experiment can tell a good predictor from a useless one, not close predictors apart."
+    else:
+        verdict = " The experiment is precise enough to tell predictors apart."
+    fitted = {name: value for name, value in r2.items() if value is not None}
+    if fitted and c > 0:
+        name = max(fitted, key=fitted.get)
+        verdict += (f" The best predictor, {name}, reaches {fitted[name]:.2f}, {fitted[name] / c:.0%} of the ceiling"
+                    + (" (above it: a 3-parameter curve on few points also fits noise)." if fitted[name] > c else "."))
+    return head + verdict

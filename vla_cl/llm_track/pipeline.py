@@ -193,6 +193,7 @@ def analyse(config: LLMConfig, runs: list[dict], pi0_result: dict, evaluations: 
     for name in PREDICTORS:
         value = out["r2"][name]
         log(f"[llm]   R^2 {name}: {'n/a' if value is None else f'{value:.3f}'}")
+    log(f"[llm]   {out['noise_ceiling_words']}")
     log(f"[llm]   {out['finding']['statement']}")
     return out
 

@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from vla_cl.evaluation.law import CEILING_KEYS
 from vla_cl.evaluation.law_plots import (
     plot_forgetting_vs_kl,
     plot_pareto,
@@ -146,7 +147,8 @@ def write(config: Any, law: dict, pi0_result: dict, runs: list[dict], run_dir: A
                "retention_sources": {b: {"label": v.get("label"), "stand_in": v.get("stand_in")}
                                      for b, v in pi0_result["retention"].items()},
                "forward_kl": {k: v["predictors"]["kl_new"] for k, v in evaluations.items()},
-               "r2": law["r2"], "r2_final_only": law["r2_final"], "r2_trust": law.get("r2_trust"), "pareto": law["pareto"], "matched": law["matched"],
+               "r2": law["r2"], "r2_final_only": law["r2_final"], "r2_trust": law.get("r2_trust"),
+               **{key: law.get(key) for key in CEILING_KEYS}, "pareto": law["pareto"], "matched": law["matched"],
                "finding": law["finding"], "razor_report": razor_link,
                "config": json.loads(json.dumps(config, default=lambda o: getattr(o, "__dict__", str(o))))}
     probes = run_dir.path / "probes" / "stage.json"

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from vla_cl.kl import fit_forgetting
+from vla_cl.kl.fit import binomial_ceiling, ceiling_words
 from vla_cl.parity.evaluate import PREDICTORS
 from vla_cl.parity.methods import METHODS, RL_METHODS
 
@@ -153,6 +154,7 @@ def summarize(
     # The standard error of an accuracy on n held-out images is at most 0.5 / sqrt(n).
     noise = 0.5 / math.sqrt(n_test_old)
     matched = matched_accuracy(records, pi0, noise)
+    ceiling = binomial_ceiling([p["forgetting"] for p in finals], [p["old_task_accuracy"] for p in finals], n_test_old)
     return {
         "datasets": sources,
         "n_runs": len(records),
@@ -167,6 +169,10 @@ def summarize(
         "r2_definition": "2nd-degree polynomial fit of forgetting against the predictor; 1 - SS_res/SS_tot on the "
         "fitted points. r2: one point per run (its final model); r2_checkpoints: every evaluation of every run.",
         "fit": fit,
+        "noise_ceiling": ceiling,
+        "noise_ceiling_checkpoints": binomial_ceiling(
+            [p["forgetting"] for p in checkpoints], [p["old_task_accuracy"] for p in checkpoints], n_test_old),
+        "noise_ceiling_words": ceiling_words(ceiling, r2),
         "matched_accuracy": {**matched, "noise": noise},
         "runs": [run_entry(r, finetune.batch_size, finetune.group_size, finetune.kl_coef) for r in records],
     }
@@ -205,7 +211,11 @@ def markdown(summary: dict) -> str:
         "| predictor | R^2 | R^2, all checkpoints |",
         "|---|---|---|",
         *(f"| {n} | {fmt(a)} | {fmt(b)} |" for n, a, b in r2_rows(summary)),
+        *([(f"| noise ceiling (a perfect predictor) | {fmt(summary['noise_ceiling']['r2'])} | "
+            f"{fmt((summary.get('noise_ceiling_checkpoints') or {}).get('r2'))} |")] if summary.get("noise_ceiling") else []),
         "",
+        *([summary["noise_ceiling_words"] + " (Each old-task accuracy redrawn as Binomial(n, a) / n on the n held-out "
+           "images: `vla_cl.evaluation.law.binomial_ceiling`.)", ""] if summary.get("noise_ceiling_words") else []),
         "Forgetting at matched new-task accuracy (Pareto frontiers):",
         "",
     ]
@@ -331,12 +341,17 @@ def plot_r2(summary: dict, path: Path) -> None:
         ax.text(value + 0.01, yy + 0.19, f"{value:.2f}", va="center", fontsize=7)
     for yy, value in zip(y, every):
         ax.text(value + 0.01, yy - 0.19, f"{value:.2f}", va="center", fontsize=7, color="#555555")
+    ceiling = summary.get("noise_ceiling")
+    if ceiling:
+        ax.axvline(ceiling["r2"], color="#1f77b4", ls="--", lw=1.2,
+                   label=f"noise ceiling, final models: {ceiling['r2']:.2f}")
+        ax.axvspan(ceiling["r2_low"], ceiling["r2_high"], color="#1f77b4", alpha=0.12, lw=0)
     ax.set_yticks(y)
     ax.set_yticklabels([name for name, *_ in rows], fontsize=8)
     ax.set_xlim(0, 1.12)
     ax.set_xlabel("R² of a 2nd-degree fit of forgetting")
     ax.set_title("Which predictor explains forgetting?", fontsize=10)
-    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.09), ncol=2, frameon=False)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.09), ncol=3, frameon=False)
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

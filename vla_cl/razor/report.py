@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from vla_cl.evaluation.law import CEILING_KEYS
 from vla_cl.evaluation.law_plots import fmt, plot_forgetting_vs_kl, plot_pareto, plot_r2, r2_rows, table
 from vla_cl.evaluation.results import read_result
 from vla_cl.evaluation.suite import AXES
@@ -66,6 +67,7 @@ def analyse(config: Any, pi0_folder: str, trials: list[dict], evaluations: Path,
               + (f" (leave-one-out {fmt(trust['loo_r2'])}, 95 % interval {fmt(trust['r2_low'])} to "
                  f"{fmt(trust['r2_high'])}, Spearman {fmt(trust['spearman'])}; {trust['n']} points)" if trust else ""),
               flush=True)
+    print(f"[razor]   {out['noise_ceiling_words']}", flush=True)
     print(f"[razor]   {out['finding']['statement']}", flush=True)
     return out
 
@@ -345,7 +347,8 @@ def write(config: Any, pi0: str, trials: list[dict], law: dict, run_dir: Any, fo
     parity_r2 = json.loads(parity.read_text())["result"].get("r2_forward_kl_new") if parity.exists() else None
     summary = {"new_task": config.new_task, "retention_tasks": law["retention_tasks"], "pi0": law["pi0"],
                "runs": law["points"], "r2": law["r2"], "r2_final_only": law["r2_final"],
-               "r2_trust": law.get("r2_trust"), "retention_modes": law.get("retention_modes"),
+               "r2_trust": law.get("r2_trust"), **{key: law.get(key) for key in CEILING_KEYS},
+               "retention_modes": law.get("retention_modes"),
                "pareto": law["pareto"], "matched": law["matched"], "finding": law["finding"],
                "episodes": law["episodes"], "design_checks": law["design_checks"], "videos": clips,
                "parity_r2_forward_kl_new": parity_r2, "setting": setting(config),
