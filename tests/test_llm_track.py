@@ -342,6 +342,10 @@ def test_the_report_says_what_each_divergence_measures():
     words = kl_words(SimpleNamespace(kl_tokens=16), 11.5)
     assert "16-token prefixes" in words and "lower bound" in words and "11.5 tokens" in words
     assert "per-token divergences" in words
-    table = r2_rows({"r2": {}, "r2_final": {}, "r2_trust": {}}, "final models", PREDICTOR_NAMES)
+    from vla_cl.llm_track.pipeline import PREDICTORS
+
+    law = {"r2": {}, "r2_final": {}, "r2_trust": {}, "points": [{n: 0.1 for n in PREDICTORS}]}
+    table = r2_rows(law, "final models", PREDICTOR_NAMES)
+    assert "w1_new" not in table and "forward_kl_onpolicy" not in table, "language tokens have no order"
     assert "reverse_kl_new: per-token KL(pi || pi0) along pi0&#x27;s prefixes" in table
     assert "tv_old: per-token total variation" in table and "paper" not in table.split("<p>")[0]

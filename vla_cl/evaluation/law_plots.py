@@ -10,7 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from vla_cl.kl.compare import PREDICTORS
+from vla_cl.kl.compare import ORDERED_PREDICTORS, PREDICTORS
+from vla_cl.kl.ordered import SMOOTHING_SIGMA_BINS
 
 FAMILY_COLORS = {"rl": "#1f77b4", "sft": "#d62728", "hybrid": "#9467bd", "pi0": "#222222"}
 
@@ -85,13 +86,22 @@ def plot_forgetting_vs_kl(law: dict, path: Path, labels: dict[str, str],
     save(fig, ax, path, legend={"fontsize": 8})
 
 
+def measured_predictors(law: dict) -> list[str]:
+    """The predictors some fine-tuned point of ``law`` has a value for, in registry order (a track leaves out the
+    ones that do not apply to it: the order-aware ones where outputs have no order, the on-policy KL where it is
+    not collected). pi0's own point is zero on every predictor by definition and does not count."""
+    points = [point for point in law.get("points", []) if point.get("key") != "pi0"]
+    return [n for n in PREDICTORS if any(point.get(n) is not None for point in points)]
+
+
 def plot_r2(law: dict, path: Path, finals_label: str = "final policies only") -> None:
     plt = pyplot()
-    names = list(PREDICTORS)
+    names = measured_predictors(law)
     values = [law["r2"].get(n) if law["r2"].get(n) is not None else 0.0 for n in names]
-    fig, ax = plt.subplots(figsize=(6.4, 4.8))
+    fig, ax = plt.subplots(figsize=(6.4, max(4.8, 1.2 + 0.22 * len(names))))
     y = np.arange(len(names))
-    ax.barh(y, values, color=["#2ca02c" if n == "forward_kl_new" else "#7f7f7f" for n in names])
+    colours = {"forward_kl_new": "#2ca02c", **{f"{o}_{i}": "#ff7f0e" for o in ORDERED_PREDICTORS for i in ("new", "old")}}
+    ax.barh(y, values, color=[colours.get(n, "#7f7f7f") for n in names])
     ax.scatter([law["r2_final"].get(n) or 0.0 for n in names], y, color="black", s=12, zorder=3,
                label=finals_label)
     for key, style, label in (("noise_ceiling", "--", "noise ceiling (a perfect predictor)"),
@@ -120,7 +130,7 @@ def r2_rows(law: dict, final_label: str, names: dict[str, str] | None = None) ->
                                           if part else (law.get("r2_trust", {}).get(n) or {}).get(key))
     rows = [[html.escape((names or {}).get(n, n)), fmt(law["r2"].get(n)), trust(n, "adjusted_r2"), trust(n, "loo_r2"),
              f"{trust(n, 'r2_low')} to {trust(n, 'r2_high')}", trust(n, "spearman"), trust(n, "r2", "weighted"),
-             trust(n, "loo_r2", "weighted"), fmt(law["r2_final"].get(n))] for n in PREDICTORS]
+             trust(n, "loo_r2", "weighted"), fmt(law["r2_final"].get(n))] for n in measured_predictors(law)]
     ceiling, final = law.get("noise_ceiling"), law.get("noise_ceiling_final")
     if ceiling:
         rows.append(["<b>noise ceiling</b> (a perfect predictor)", fmt(ceiling["r2"]), "", "",
@@ -139,6 +149,24 @@ def r2_rows(law: dict, final_label: str, names: dict[str, str] | None = None) ->
         f"<p><b>Can this experiment tell predictors apart?</b> {html.escape(words)} The ceiling is a parametric "
         "bootstrap of each point's own evaluation examples, episodes or benchmark items (<code>vla_cl.evaluation.law.noise_ceiling</code>).</p>")
     return table(header, rows) + "\n" + ceiling_note + note
+
+
+def ordered_note(law: dict) -> str:
+    """A paragraph comparing the order-aware predictors with the paper's forward KL ("" where none was measured)."""
+    names = [f"{o}_{i}" for i in ("new", "old") for o in ORDERED_PREDICTORS if f"{o}_{i}" in measured_predictors(law)]
+    if not names:
+        return ""
+    r2 = law["r2"]
+    parts = ", ".join(f"<code>{n}</code> {fmt(r2.get(n))}" for n in names)
+    onpolicy = ("" if "forward_kl_onpolicy" not in measured_predictors(law) else
+                f" The forward KL on states pi itself visits (<code>forward_kl_onpolicy</code>): "
+                f"{fmt(r2.get('forward_kl_onpolicy'))}.")
+    return ("<p><b>Ordered action bins.</b> The forward KL treats the 256 bins as unordered labels; the order-aware "
+            "predictors see that they are ordered physical values (<code>vla_cl.kl.ordered</code>): Wasserstein-1 "
+            "over the bin values (<code>w1</code>), the forward KL after Gaussian smoothing over "
+            f"neighbouring bins (<code>smooth_kl</code>, sigma {SMOOTHING_SIGMA_BINS:g} bins) and the change of the "
+            f"expected action (<code>mean_action</code>), in the policy's action units. R<sup>2</sup>: {parts}, "
+            f"against <code>forward_kl_new</code> {fmt(r2.get('forward_kl_new'))}.{onpolicy}</p>")
 
 
 def fmt(value: float | None, digits: int = 3) -> str:

@@ -9,6 +9,9 @@
   responses to new-task prompts (``_new``) and to retention prompts (``_old``); weight change of the LoRA
   update (L1, Fisher-weighted L2 with pi0's diagonal Fisher on the retention prompts, spectral); and
   representation change (L1, L2, CKA) of the last hidden layers' states averaged over each response's tokens.
+  Language tokens have no order, so the robots' order-aware predictors (``w1``, ``smooth_kl``, ``mean_action``)
+  do not apply; the forward KL is already measured along pi0's responses, and one along pi's own responses is
+  not measured: the report lists them as n/a.
 """
 
 from __future__ import annotations

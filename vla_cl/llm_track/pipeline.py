@@ -23,7 +23,7 @@ import torch
 
 from vla_cl.evaluation import law as L
 from vla_cl.files import write_json_atomic
-from vla_cl.kl.compare import PREDICTORS
+from vla_cl.kl.compare import UNORDERED_PREDICTORS as PREDICTORS  # language tokens have no order
 from vla_cl.llm_track.config import LLMConfig
 from vla_cl.llm_track.kl import Responses, generate_responses
 from vla_cl.llm_track.models import load, load_adapter, with_adapter

@@ -17,6 +17,10 @@ inputs. ``evaluate(model, reference)`` returns one flat dict of numbers:
   ``cka``), and on old-task images (the same with ``_old``): activation change per hidden layer as the mean
   over images of ||h - h0||_p, summed over both hidden layers, and linear CKA between pi0's and pi's last
   hidden layer (1 = unchanged, so it falls as forgetting grows).
+
+The order-aware predictors of robots (``w1``, ``smooth_kl``, ``mean_action``) do not apply: the labels are
+classes with no order between them; nor does the on-policy KL (an image's label distribution does not change
+which image comes next). ``PREDICTORS`` is therefore ``vla_cl.kl.compare.UNORDERED_PREDICTORS``.
 """
 
 from __future__ import annotations
@@ -26,13 +30,19 @@ import dataclasses
 import torch
 
 from vla_cl.kl import collect_activations, diagonal_fisher, parameter_snapshot, weight_deltas
-from vla_cl.kl.compare import PREDICTORS, output_predictors, representation_predictors, weight_predictors
+from vla_cl.kl.compare import (
+    UNORDERED_PREDICTORS,
+    output_predictors,
+    representation_predictors,
+    weight_predictors,
+)
 from vla_cl.parity.data import ParityData
 from vla_cl.parity.methods import correct_label_mask
 from vla_cl.parity.model import HIDDEN_LAYERS, SUPPORT, ParityMLP
 
 __all__ = ["PREDICTORS", "Reference", "build_reference", "evaluate", "fisher_of"]
 _EVAL_BATCH = 1024
+PREDICTORS = UNORDERED_PREDICTORS  # see the module docstring
 
 
 @dataclasses.dataclass

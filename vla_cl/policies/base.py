@@ -345,6 +345,15 @@ class Policy(nn.Module, abc.ABC):
     def action_support(self) -> range:
         return self.tokenizer.bin_ids
 
+    def action_values(self) -> torch.Tensor:
+        """The physical value each support column stands for at each action position, (D, K) float64: the bin
+        centre each id decodes to, un-normalised with the policy's action statistics (its own units, the ones its
+        tokenizer encodes; normalised [-1, 1] where it has none). What the order-aware predictors measure in."""
+        normalized = self.tokenizer.decode(np.asarray(self.action_support))  # (K,)
+        tiled = np.repeat(normalized[:, None], self.action_dim, axis=1)  # (K, D)
+        physical = self.tokenizer.unnormalize(tiled) if self.tokenizer.stats is not None else tiled
+        return torch.as_tensor(np.ascontiguousarray(physical.T), dtype=torch.float64)
+
     def log_probs(self, obs: ObsBatch, tokens: torch.Tensor) -> torch.Tensor:
         """log pi(tokens_d | obs, tokens_<d), shape (B, D), normalised over the action tokens."""
         return action_log_probs(self.action_logits(obs, tokens), tokens, self.action_support)

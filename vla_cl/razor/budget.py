@@ -96,7 +96,8 @@ def plan(config: Any) -> list[StageWork]:
     sft_samples = sum(t.iterations * config.sft_batch for t in sft)
     finals = len(trials) + config.seeds
     snapshots = sum(snapshot_count(t.iterations) for t in trials) + config.seeds * snapshot_count(config.rl_iterations)
-    probes = (config.probe_episodes + config.old_probe_episodes * len(suite.task_ids)) * _steps(config.new_task, suite)
+    probes = (config.probe_episodes + config.old_probe_episodes * len(suite.task_ids)
+              + config.onpolicy_probe_episodes * (finals + snapshots)) * _steps(config.new_task, suite)
     return [
         StageWork("demos", demo_steps + warmup_steps + new_demo_steps, 0,
                   f"{config.demos} per prior task, {config.new_task_warmup} warm-up and {config.new_task_demos} "

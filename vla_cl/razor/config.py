@@ -127,6 +127,9 @@ class RazorConfig(RunConfig):
                                     "argmax actions (in-distribution axis), beside the sampled evaluation")
     probe_episodes: int = option(16, "pi0 episodes on the new task whose states form the forward-KL probe set")
     old_probe_episodes: int = option(8, "pi0 episodes per retention task for the old-task predictors")
+    onpolicy_probe_episodes: int = option(0, "each policy's own episodes on the new task whose states form its "
+                                          "on-policy forward-KL probe (forward_kl_onpolicy; 0: not measured, the "
+                                          "default's budget: about 1 s per policy on 2 cores for 4 episodes)")
     videos: bool = option(True, "rollout videos of pi0, the best RL and the best SFT policy")
     video_size: int = option(160, "side of the video frames in pixels")
 
@@ -180,6 +183,8 @@ class RazorConfig(RunConfig):
                      "snapshot_episodes", "probe_episodes", "old_probe_episodes", "pi0_batch", "lora_rank"):
             require(getattr(self, name) >= 1, name, getattr(self, name), "an integer >= 1")
         require(self.new_task_warmup >= 0, "new_task_warmup", self.new_task_warmup, "an integer >= 0")
+        require(self.onpolicy_probe_episodes >= 0, "onpolicy_probe_episodes", self.onpolicy_probe_episodes,
+                "an integer >= 0")
         self._check_policy_setup()
         require(self.pi0_epochs > 0 and self.pi0_lr > 0, "pi0_epochs/pi0_lr", (self.pi0_epochs, self.pi0_lr), "> 0")
         if self.label_sigma is None:

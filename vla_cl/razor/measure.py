@@ -9,6 +9,9 @@ Predictors (``vla_cl.kl.compare``) compare pi with pi0 on probe states that pi0 
 of pi0's own sampled episodes on the new task (the forward KL on the new task, the paper's predictor), and
 ``old_probe_episodes`` per retention task (the same divergences on old-task states); pi is teacher-forced
 on the tokens pi0 took there. The weight predictors use pi0's diagonal Fisher on the old-task states.
+``forward_kl_onpolicy`` is the same forward KL on new-task states that pi itself visits: ``onpolicy_probe_episodes``
+of pi's own sampled episodes, from the same initial states for every policy, teacher-forced on pi's tokens. The
+order-aware predictors measure in the policy's action values (``Policy.action_values``).
 The probe sets are saved in ``probes/`` and every policy's predictors in ``predictors/<key>.json``.
 """
 
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,11 +29,13 @@ import torch
 from vla_cl.files import write_json_atomic
 from vla_cl.kl import collect_activations, diagonal_fisher, parameter_snapshot, weight_deltas
 from vla_cl.kl.compare import output_predictors, representation_predictors, weight_predictors
+from vla_cl.kl.divergences import forward_kl
 from vla_cl.kl.predictors import lora_weight_deltas
 from vla_cl.policies.base import ObsBatch, Policy
 
 MAX_PROBE_STATES = 512
 PROBE_STREAM = 7  # derived-seed stream of the probe episodes
+ONPOLICY_STREAM = 8  # and of each policy's own episodes for the on-policy forward KL
 
 
 @dataclasses.dataclass
@@ -53,17 +59,18 @@ def observed_options(policy: Policy) -> dict[str, Any]:
     return {"obs_mode": obs_mode, "image_size": policy.image_size or 64}
 
 
-def collect_probe(policy: Policy, task: str, episodes: int, seed: int, **options: Any) -> Probe:
-    """pi0's own sampled episodes of ``task`` (training grid), at most MAX_PROBE_STATES evenly spaced states;
-    ``options`` are the envs' (``observed_options`` and the experiment's)."""
+def collect_probe(policy: Policy, task: str, episodes: int, seed: int, stream: int = PROBE_STREAM,
+                  **options: Any) -> Probe:
+    """``policy``'s own sampled episodes of ``task`` (training grid), at most MAX_PROBE_STATES evenly spaced
+    states; ``options`` are the envs' (``observed_options`` and the experiment's)."""
     from vla_cl.envs.vector import make_vector
     from vla_cl.updaters.data import collect_rollouts
     from vla_cl.updaters.loop import derived_seed, generator, probe_subset
 
     env = make_vector(task, 1, **options)
     try:
-        rollouts = collect_rollouts(policy, env, episodes, derived_seed(seed, PROBE_STREAM),
-                                    generator(seed, PROBE_STREAM), device=next(policy.parameters()).device)
+        rollouts = collect_rollouts(policy, env, episodes, derived_seed(seed, stream),
+                                    generator(seed, stream), device=next(policy.parameters()).device)
     finally:
         env.close()
     return Probe(*probe_subset(rollouts, MAX_PROBE_STATES))
@@ -94,13 +101,18 @@ class Predictors:
     Weight change is theta - theta0 over every parameter; for a policy fine-tuned through LoRA adapters
     (OpenVLA) it is each adapter's update B A of the weight it adapts (``lora_weight_deltas``), with pi0's
     Fisher on those weights, so a 7B model is never copied. Representations are the modules the policy
-    names (``Policy.representation_modules``), averaged over token positions where there are several."""
+    names (``Policy.representation_modules``), averaged over token positions where there are several.
+    ``onpolicy`` collects a policy's own new-task probe (``forward_kl_onpolicy``; None: not measured)."""
 
-    def __init__(self, pi0: Policy, new: Probe, old: Probe, seed: int = 0, batch: int = 256):
+    def __init__(self, pi0: Policy, new: Probe, old: Probe, seed: int = 0, batch: int = 256,
+                 onpolicy: Callable[[Policy], Probe] | None = None):
         self.new, self.old, self.layers = new, old, pi0.representation_modules()
-        self.support, self.batch = pi0.action_support, batch
+        self.onpolicy = onpolicy
+        self.support, self.batch, self.values = pi0.action_support, batch, pi0.action_values()
         self.base = {name: self._outputs(pi0, probe) for name, probe in (("new", new), ("old", old))}
         self.adapters = bool(getattr(pi0, "has_adapter", False))
+        # pi0's side of the on-policy KL: the model itself, or for adapter policies pi with its adapter off
+        self.pi0 = pi0 if onpolicy is not None and not self.adapters else None
         self.theta0 = None if self.adapters else parameter_snapshot(pi0)
         weights = list(lora_weight_deltas(pi0)) if self.adapters else list(self.theta0)
         step = max(1, min(64, batch))
@@ -109,6 +121,11 @@ class Predictors:
         self.fisher = diagonal_fisher(pi0, batches, forward=lambda b: pi0.action_logits(b.obs, b.tokens),
                                       params=weights, support=self.support,
                                       generator=torch.Generator().manual_seed(seed))
+
+    def _logits(self, policy: Policy, probe: Probe) -> torch.Tensor:
+        return torch.cat([policy.action_logits(probe.obs.select(slice(i, i + self.batch)),
+                                               probe.tokens[i : i + self.batch]).float().cpu()
+                          for i in range(0, len(probe.tokens), self.batch)])
 
     def _outputs(self, policy: Policy, probe: Probe) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         logits: list[torch.Tensor] = []
@@ -125,10 +142,21 @@ class Predictors:
         for name, probe in (("new", self.new), ("old", self.old)):
             logits, activations = self._outputs(policy, probe)
             base_logits, base_activations = self.base[name]
-            out.update(output_predictors(base_logits, logits, name, self.support))
+            out.update(output_predictors(base_logits, logits, name, self.support, values=self.values))
             out.update(representation_predictors(base_activations, activations, "" if name == "new" else "_old"))
         deltas = lora_weight_deltas(policy) if self.adapters else weight_deltas(policy, self.theta0)
         out.update(weight_predictors(deltas, self.fisher))
+        if self.onpolicy is not None:
+            own = self.onpolicy(policy)
+            with torch.no_grad():
+                logits = self._logits(policy, own)
+                if self.pi0 is not None:
+                    base_logits = self._logits(self.pi0, own)
+                else:
+                    with policy.reference() as base:
+                        base_logits = self._logits(base, own)
+                kl = forward_kl(base_logits, logits, self.support)
+            out["forward_kl_onpolicy"] = float(kl.to(torch.float64).sum(-1).mean())
         return out
 
 
@@ -217,7 +245,11 @@ def evaluate_all(config: Any, pi0: str, trials: list[dict], evaluations: Path, f
             if entry["final"]:
                 _summarise(entry["key"], result, config.new_task)
     base = load_policy_on(pi0, config.device).eval()
-    reference = Predictors(base, *probes(base, config, folder / "probes"), seed=config.seed)
+    options = {**observed_options(base), **config.rollout_options()}
+    own = None if not config.onpolicy_probe_episodes else (
+        lambda policy: collect_probe(policy, config.new_task, config.onpolicy_probe_episodes, config.seed,
+                                     ONPOLICY_STREAM, **options))
+    reference = Predictors(base, *probes(base, config, folder / "probes"), seed=config.seed, onpolicy=own)
     del base
     measure_predictors([(e["key"], Path(e["folder"])) for e in policies], reference, folder / "predictors",
                        device=config.device)

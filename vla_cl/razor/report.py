@@ -16,7 +16,16 @@ from typing import Any
 import numpy as np
 
 from vla_cl.evaluation.law import CEILING_KEYS
-from vla_cl.evaluation.law_plots import fmt, plot_forgetting_vs_kl, plot_pareto, plot_r2, r2_rows, table
+from vla_cl.evaluation.law_plots import (
+    fmt,
+    measured_predictors,
+    ordered_note,
+    plot_forgetting_vs_kl,
+    plot_pareto,
+    plot_r2,
+    r2_rows,
+    table,
+)
 from vla_cl.evaluation.results import read_result
 from vla_cl.evaluation.suite import AXES
 from vla_cl.files import write_json_atomic, write_text_atomic
@@ -61,7 +70,7 @@ def analyse(config: Any, pi0_folder: str, trials: list[dict], evaluations: Path,
         "retention_modes": retention_modes(pi0, finals, tasks, evaluations.parent / "evaluation_greedy"),
     }
     write_json_atomic(folder / "law.json", out)
-    for name in ("forward_kl_new", *[n for n in PREDICTORS if n != "forward_kl_new"]):
+    for name in ("forward_kl_new", *[n for n in measured_predictors(out) if n != "forward_kl_new"]):
         value, trust = out["r2"][name], out["r2_trust"].get(name)
         print(f"[razor]   R^2 {name}: {'n/a' if value is None else f'{value:.3f}'}"
               + (f" (leave-one-out {fmt(trust['loo_r2'])}, 95 % interval {fmt(trust['r2_low'])} to "
@@ -274,6 +283,7 @@ Design targets: {", ".join(f"{e(k)}: {'met' if v else 'MISSED'}" for k, v in che
 <img src="{ASSETS}/r2.png" alt="R squared per predictor" width="620">
 <h3>R<sup>2</sup> of each predictor (2nd-degree fit of forgetting)</h3>
 {r2_rows(law, "final policies")}
+{ordered_note(law)}
 <p>ParityMNIST mechanism check in this run: R<sup>2</sup>(forward KL on the new task) = {fmt(parity_r2)}.</p>
 <h3>SFT against RL along the trade-off curves</h3>
 <p>Each family's forgetting interpolated linearly from pi0 through its final policies by new-task success (no
