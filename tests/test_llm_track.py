@@ -315,6 +315,42 @@ def test_trl_runs_two_steps_with_the_kl_logged_and_adapters_kept(method, tiny, t
 
 
 @pytest.mark.slow
+def test_a_kl_budget_stops_the_run_with_the_adapter_of_the_last_step_within_it(tiny, tmp_path):
+    """On SFT, whose cross-entropy moves the tiny model at once (GRPO's rewards have no variance on it, so it does
+    not move); the callback is the same for both methods."""
+    from safetensors.torch import load_file
+
+    from vla_cl.llm_track.train import RunSpec, TrainerSettings, train_run
+
+    model, tokenizer = tiny
+    train, held = load_task(preset("elements"))
+    probe = generate_responses(model, tokenizer, held[:2], 1, 6, seed=0)
+    config = ModelConfig(name="tiny-random-qwen2", lora_layers=0)
+    common = {"group_size": 2, "prompts_per_step": 2, "sft_batch": 4, "kl_every": 1, "max_completion_tokens": 6}
+    spec = RunSpec("sft", 1e-2, 4, [1, 3])
+    free = train_run(spec, TrainerSettings(**common), config, "multiple_choice", train[:8], probe,
+                     tmp_path / "free", seed=0)
+    trace = [h["forward_kl"] for h in free["kl_history"]]
+    over = next(i for i in range(2, len(trace)) if trace[i] > trace[i - 1] > 0)
+    budget = (trace[over - 1] + trace[over]) / 2  # crossed at step `over`, not before
+    kept = train_run(spec, TrainerSettings(**common, kl_budget=budget), config, "multiple_choice", train[:8], probe,
+                     tmp_path / "budgeted", seed=0)
+    assert kept["kl_budget"]["stopped_at"] == over and kept["kl_budget"]["final_kl"] <= budget
+    assert kept["snapshots"] == [s for s in (1, 3) if s < over] and list(kept["adapters"])[-1] == "4"
+    final = load_file(str(Path(kept["adapters"]["4"]) / "adapter_model.safetensors"))
+    if over == 2:  # put back to step 1's adapter, saved as the final one
+        first = load_file(str(Path(kept["adapters"]["1"]) / "adapter_model.safetensors"))
+        assert all(torch.equal(final[k], first[k]) for k in final)
+    else:
+        assert not all(torch.equal(final[k], v) for k, v in load_file(
+            str(Path(free["adapters"]["4"]) / "adapter_model.safetensors")).items())
+    with pytest.raises(ValueError, match="trainer.kl_budget"):
+        TrainerSettings(**common, kl_budget=0.0)
+    with pytest.raises(ValueError, match="trainer.kl_budget"):
+        TrainerSettings(**common, kl_budget=float("nan"))
+
+
+@pytest.mark.slow
 def test_the_offline_default_model_converts_once_and_answers(tmp_path, monkeypatch):
     """SmolLM2-135M-Instruct from the PyPI GGUF: converted into the cache on first use, reused after."""
     pytest.importorskip("gguf")

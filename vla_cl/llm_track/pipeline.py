@@ -117,7 +117,12 @@ def stage_sweep(config: LLMConfig, train: list[dict], probes: Path, folder: Path
         log(f"[llm]   {spec.key}: {summary['seconds']:.0f} s; KL(pi0 || pi) on the probe {last['forward_kl']:.4f} "
             f"+- {last['forward_kl_se']:.4f}{trend}")
         out.append({"key": spec.key, "method": spec.method, "lr": spec.lr, "steps": spec.steps,
-                    "snapshots": spec.snapshots, "folder": str(folder / spec.key)})
+                    "snapshots": summary.get("snapshots", spec.snapshots), "folder": str(folder / spec.key)})
+        if summary.get("kl_budget"):
+            b = summary["kl_budget"]
+            log(f"[llm]   {spec.key}: KL budget {b['budget']:g}: "
+                + (f"stopped at step {b['stopped_at']}, the adapter back to KL {b['final_kl']:.4f}"
+                   if b["stopped_at"] else f"kept to the end (KL {b['final_kl']:.4f})"))
     return out
 
 

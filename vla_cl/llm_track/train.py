@@ -4,6 +4,13 @@ The project adds what TRL does not: pi0 is the model with its LoRA adapter disab
 KL(pi0 || pi) on a fixed probe of pi0's responses during training; ``SnapshotCallback`` saves the adapter at
 chosen steps (mid-training points for the forgetting law) atomically into the run folder; and a run that
 finished is marked ``done.json`` so that a later invocation reuses it instead of training again.
+
+``trainer.kl_budget=B`` (GRPO and SFT alike) keeps the probe's KL(pi0 || pi) at or under B by early stopping
+(``KLBudgetCallback``): TRL owns the optimisation, and SFTTrainer has no KL term an adaptive coefficient could
+move (the robots' loop has one, ``vla_cl.updaters.budget``). At the first measurement over B the adapter is put
+back to the last measurement within it and training ends; that adapter is the run's final one (saved as
+``step-<steps>``, ``done.json`` says where it stopped) and snapshots planned after the stop are not taken.
+Measure often (``trainer.kl_every``) for a tight budget: the adapter can only go back to a measured step.
 """
 
 from __future__ import annotations
@@ -74,6 +81,8 @@ class TrainerSettings:
     scheduler: str = option("constant_with_warmup", "learning-rate schedule after warm-up (transformers' names)")
     max_grad_norm: float = option(1.0, "gradient-norm clip (the paper: 1)")
     kl_every: int = option(8, "optimizer steps between KL(pi0 || pi) measurements during training")
+    kl_budget: float | None = option(None, "stop training before the probe's KL(pi0 || pi) exceeds this many nats "
+                                     "(None = no budget; the adapter goes back to the last measurement within it)")
     kl_dtype: str = option("float64", "precision of the KL measurements: float64, or float32 for large vocabularies "
                            "and long responses on a GPU")
     bf16: bool = option(False, "train in bfloat16 (GPU)")
@@ -84,6 +93,10 @@ class TrainerSettings:
             require(isinstance(value, int) and value >= 1, f"trainer.{name}", value, "an int >= 1")
         require(self.kl_dtype in ("float64", "float32"), "trainer.kl_dtype", self.kl_dtype, "float64 or float32")
         require(self.group_size >= 2, "trainer.group_size", self.group_size, ">= 2 (GRPO compares a group)")
+        if self.kl_budget is not None:
+            budget = self.kl_budget
+            require(isinstance(budget, (int, float)) and not isinstance(budget, bool) and math.isfinite(budget)
+                    and budget > 0, "trainer.kl_budget", budget, "a finite number of nats > 0 (None = no budget)")
         require(self.temperature > 0 and self.beta >= 0 and self.max_grad_norm > 0 and self.warmup_steps >= 0,
                 "trainer", dataclasses.asdict(self), "temperature > 0, beta >= 0, max_grad_norm > 0, warmup >= 0")
 
@@ -104,8 +117,40 @@ class SnapshotCallback(TrainerCallback):
         staging.rename(target)
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
-        if state.global_step in self.steps or state.global_step >= state.max_steps:
+        if control.should_training_stop:  # a KL budget ended the run: this is its final adapter
+            self.save(model, state.max_steps)
+        elif state.global_step in self.steps or state.global_step >= state.max_steps:
             self.save(model, state.global_step)
+
+
+class KLBudgetCallback(TrainerCallback):
+    """Early stopping on the probe's KL (see the module docstring); runs after ``KLCallback`` and before
+    ``SnapshotCallback``. ``history`` holds (step, KL, within budget) per measurement."""
+
+    def __init__(self, kl: KLCallback, budget: float):
+        self.kl, self.budget = kl, float(budget)
+        self.saved: dict[str, torch.Tensor] | None = None
+        self.stopped_at: int | None = None
+
+    def _keep(self, model: Any) -> None:
+        self.saved = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self._keep(model)  # pi0 (KL 0) is within any budget
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        last = self.kl.history[-1] if self.kl.history else None
+        if last is None or last["step"] != state.global_step:
+            return  # not measured at this step
+        if last["forward_kl"] <= self.budget:
+            self._keep(model)
+            return
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if name in self.saved:
+                    param.copy_(self.saved[name])
+        self.stopped_at = state.global_step
+        control.should_training_stop = True
 
 
 def _common_args(spec: RunSpec, settings: TrainerSettings, folder: Path, seed: int) -> dict[str, Any]:
@@ -151,9 +196,11 @@ def train_run(spec: RunSpec, settings: TrainerSettings, model_config: ModelConfi
     model, tokenizer = load(model_config, seed)
     model = with_adapter(model, model_config)
     kl = KLCallback(probe, settings.kl_every, folder / "kl.jsonl", getattr(torch, settings.kl_dtype))
+    budget = KLBudgetCallback(kl, settings.kl_budget) if settings.kl_budget is not None else None
     snapshots = SnapshotCallback(folder / "adapters", spec.snapshots)
     (folder / "adapters").mkdir()
-    trainer = make_trainer(spec, settings, model, tokenizer, reward, train, folder, seed, [kl, snapshots])
+    trainer = make_trainer(spec, settings, model, tokenizer, reward, train, folder, seed,
+                           [kl, *([budget] if budget else []), snapshots])
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
     for noisy in (PrinterCallback, ProgressCallback):  # the logs go to done.json; the pipeline prints a summary
@@ -162,9 +209,15 @@ def train_run(spec: RunSpec, settings: TrainerSettings, model_config: ModelConfi
     trainer.train()
     seconds = time.perf_counter() - start
     logs = [{k: v for k, v in h.items() if isinstance(v, (int, float))} for h in trainer.state.log_history]
+    kept = [s for s in spec.snapshots if budget is None or budget.stopped_at is None or s < budget.stopped_at]
     summary = {"key": spec.key, "method": spec.method, "lr": spec.lr, "steps": spec.steps, "seconds": seconds,
-               "adapters": {str(s): str(folder / "adapters" / f"step-{s}") for s in [*spec.snapshots, spec.steps]},
+               "snapshots": kept,
+               "adapters": {str(s): str(folder / "adapters" / f"step-{s}") for s in [*kept, spec.steps]},
                "kl_history": kl.history, "log_history": logs}
+    if budget is not None:
+        summary["kl_budget"] = {"budget": budget.budget, "stopped_at": budget.stopped_at,
+                                "final_kl": next(h["forward_kl"] for h in reversed(kl.history)
+                                                 if h["forward_kl"] <= budget.budget)}
     shutil.rmtree(folder / "trainer", ignore_errors=True)
     write_json_atomic(done, summary)
     return summary

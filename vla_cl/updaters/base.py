@@ -9,7 +9,8 @@ checkpoints) belongs to the one loop in ``vla_cl.updaters.loop``, so methods dif
 and their data.
 
 Any method can add the explicit penalty ``kl_coef`` * KL(pi0 || pi) on the batch's states
-(``Updater.loss``): pi0 comes from ``policy.reference()``, teacher-forced on the batch's tokens.
+(``Updater.loss``): pi0 comes from ``policy.reference()``, teacher-forced on the batch's tokens. With a KL
+budget (``kl_budget``, ``vla_cl.updaters.budget``) the loop moves that weight to keep the probe's KL in budget.
 
 Losses use ``"sequence_mean"``: one action of D tokens weighs as its summed token terms (its
 log-probability, cross-entropy or KL by the chain rule), averaged over the rows.
@@ -115,6 +116,7 @@ class Updater(abc.ABC):
         if type(config) is not self.config_class:
             raise TypeError(f"updater {self.name!r} takes a {self.config_class.__name__}, got {type(config).__name__}")
         self.config = config
+        self.kl_coef = float(config.kl_coef)  # the penalty's weight now (a KL budget's controller moves it)
 
     @property
     def repeats(self) -> int:
@@ -136,13 +138,14 @@ class Updater(abc.ABC):
         """Named loss terms on a minibatch, given pi's action logits (B, D, V) on it."""
 
     def loss(self, policy: Any, batch: Any) -> Terms:
-        """The objective plus, when ``kl_coef`` > 0, ``kl_coef`` * KL(pi0 || pi) on the batch's states."""
+        """The objective plus, when ``kl_coef`` > 0, ``kl_coef`` * KL(pi0 || pi) on the batch's states (the
+        config's weight, or the one a KL budget's controller set, ``vla_cl.updaters.budget``)."""
         logits = policy.action_logits(batch.obs, batch.tokens)
         terms = self.objective(policy, batch, logits)
-        if self.config.kl_coef > 0:
+        if self.kl_coef > 0:
             with policy.reference():
                 base_logits = policy.action_logits(batch.obs, batch.tokens)
-            penalty = kl_penalty_loss(base_logits, logits, self.config.kl_coef, reduction=REDUCTION,
+            penalty = kl_penalty_loss(base_logits, logits, self.kl_coef, reduction=REDUCTION,
                                       support=policy.action_support)
             terms = combine(terms, penalty)
         return terms

@@ -35,6 +35,7 @@ mid-training policies in ``artifacts/snapshots/iter-NNNNNN`` (``snapshot_every``
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from collections import defaultdict
 from typing import Any
@@ -48,6 +49,7 @@ from vla_cl.policies.base import ObsBatch, Policy
 from vla_cl.runs import RunDir
 from vla_cl.updaters import checkpoint as ckpt
 from vla_cl.updaters.base import Updater
+from vla_cl.updaters.budget import KL_CONTROLS, KLBudget, Undo
 from vla_cl.updaters.data import REWARDS, Batch, PolicyActor, Rollouts, collect_rollouts
 from vla_cl.updaters.optim import make_optimizer, set_lr
 from vla_cl.updaters.seeds import (
@@ -79,6 +81,11 @@ class LoopConfig:
     probe_every: int = option(1, "measure the KL probe every this many iterations (0 = only at the end)")
     probe_episodes: int = option(4, "pi0 episodes whose states form the KL probe set")
     probe_states: int = option(256, "at most this many probe states (evenly spaced over those episodes)")
+    kl_budget: float | None = option(None, "keep the KL probe's E[KL(pi0 || pi)] at or under this many nats per "
+                                     "action (None = no budget; measured after every update, see "
+                                     "vla_cl.updaters.budget)")
+    kl_control: str = option("adaptive", "how kl_budget is kept: adaptive (PPO's adaptive KL coefficient, "
+                             "over-budget updates undone) or stop (the run ends before its first update over budget)")
     checkpoint_every: int = option(5, "save a resumable checkpoint every this many iterations (and at the end); "
                                    "a multiple of refresh_every")
     keep_checkpoints: int = option(2, "checkpoints kept (the newest; a resume falls back to an older one when "
@@ -94,6 +101,11 @@ class LoopConfig:
     def __post_init__(self) -> None:
         require(self.iterations >= 1, "iterations", self.iterations, "an integer >= 1")
         require_choice("reward", self.reward, REWARDS)
+        if self.kl_budget is not None:
+            budget = self.kl_budget
+            require(isinstance(budget, (int, float)) and not isinstance(budget, bool) and math.isfinite(budget)
+                    and budget > 0, "kl_budget", budget, "a finite number of nats per action > 0 (None = no budget)")
+        require_choice("kl_control", self.kl_control, KL_CONTROLS)
         for name in ("eval_every", "probe_every", "checkpoint_every", "snapshot_every", "refresh_every"):
             require(getattr(self, name) >= 0, name, getattr(self, name), "an integer >= 0 (0 = only at the end)")
         for name in ("eval_episodes", "probe_episodes", "probe_states", "keep_checkpoints"):
@@ -194,6 +206,12 @@ def train(
     probe = kl_probe(policy, env, config, run_dir, seed, device, write=learner.main,
                      learner=learner) if env is not None else None
     measure = {"learner": learner}
+    if config.kl_budget is not None and probe is None:
+        raise ValueError(f"invalid value for kl_budget: {config.kl_budget:g}, but updater {updater.name!r} trains "
+                         "without the task's env, which the KL probe's states come from; pass the task or set "
+                         "kl_budget=null")
+    budget = None if config.kl_budget is None else KLBudget(config.kl_budget, config.kl_control, updater.kl_coef)
+    undo = Undo(policy.trainable_parameters(), optimizer) if budget is not None else None
 
     checkpoints = run_dir.path / "artifacts" / "checkpoints"
     if learner.sharded and ckpt.latest_checkpoint(checkpoints) is not None:
@@ -208,6 +226,11 @@ def train(
             raise ValueError(f"{run_dir.path} holds a checkpoint of another run (seed {resumed['seed']}, "
                              f"updater {resumed['updater']!r}); choose another out_dir")
         counters = {name: resumed[name] for name in counters}
+        if budget is not None:
+            if "kl_coef" not in resumed:
+                raise ValueError(f"{run_dir.path} holds a checkpoint of a run without kl_budget; resume it without "
+                                 "kl_budget, or choose another out_dir")
+            budget.coef, budget.stopped = resumed["kl_coef"], resumed.get("kl_stopped", False)
     if learner.main:
         ckpt.truncate_metrics(run_dir.metrics_path, start if resumed is not None else -1)
     writer = tensorboard_writer(run_dir, start, config.tensorboard and learner.main)
@@ -223,6 +246,8 @@ def train(
                desc=f"{updater.name}", disable=not config.progress, dynamic_ncols=True)
     refresh_due = False  # the envs remember episodes from before the last refresh point; fresh envs do not
     for iteration in bar:
+        if budget is not None and budget.stopped:
+            break
         started = time.perf_counter()
         evaluating = env is not None and due(iteration, config.eval_every, config.iterations)
         if refresh_due and env is not None and (source.needs_env or evaluating):
@@ -232,6 +257,9 @@ def train(
         batch = updater.prepare(policy, data)
         rng = np.random.default_rng(derived_seed(seed, MINIBATCH, iteration))
         torch.manual_seed(derived_seed(seed, DROPOUT, iteration))  # dropout draws from the global generator
+        if budget is not None:
+            updater.kl_coef = budget.coef
+            undo.save()
         try:
             losses, counters["step"] = optimise(policy, updater, batch, optimizer, counters["step"], total_steps,
                                                 rng, device, learner)
@@ -248,9 +276,19 @@ def train(
         record = {"iteration": iteration, **counters, **losses, **data_metrics,
                   "batch_rows": rows}
         last = config.iterations
+        if budget is not None:  # the probe decides whether the update stands before anything measures it
+            kl = probe_metrics(probe, policy, **measure)
+            record.update(budget.judge(kl["kl/mean"]))
+            if record["kl/rejected"]:
+                undo.restore()
+                kl = probe_metrics(probe, policy, **measure)
+            if budget.stopped:
+                last, evaluating = iteration, env is not None
         if evaluating:
             record.update(evaluate(policy, env, config, seed, device, **measure))
-        if due(iteration, config.probe_every, last):
+        if budget is not None:
+            record.update(kl)
+        elif due(iteration, config.probe_every, last):
             record.update(probe_metrics(probe, policy, **measure))
         seconds = time.perf_counter() - started
         record.update(seconds=round(seconds, 4), samples_per_s=round(rows * updater.config.optim.update_epochs
@@ -263,9 +301,10 @@ def train(
                     policy.save_pretrained(run_dir.artifacts / "snapshots" / f"iter-{iteration:06d}",
                                            metadata={"updater": updater.name, "iteration": iteration, **counters})
         if due(iteration, config.checkpoint_every, last):
+            control = {} if budget is None else {"kl_coef": budget.coef, "kl_stopped": budget.stopped}
             with learner.gathered(write=True) as writing:
                 ckpt.save_checkpoint(run_dir.path / "artifacts" / "checkpoints", iteration, policy, optimizer,
-                                     {"seed": seed, "updater": updater.name, **counters},
+                                     {"seed": seed, "updater": updater.name, **counters, **control},
                                      keep=config.keep_checkpoints, write=writing)
         if config.refresh_every and iteration % config.refresh_every == 0:
             refresh_due = True
@@ -279,6 +318,11 @@ def train(
     metrics = run_dir.read_metrics()
     summary = {"updater": updater.name, "iterations": config.iterations, "resumed_from": start, **counters,
                "first": _without_wall_clock(metrics[0]), "final": _without_wall_clock(metrics[-1])}
+    if budget is not None:
+        summary["kl_budget"] = {"budget": budget.budget, "control": budget.control, "final_coef": budget.coef,
+                                "stopped_at": metrics[-1]["iteration"] if budget.stopped else None,
+                                "rejected": sum(int(m.get("kl/rejected", 0)) for m in metrics),
+                                "max_kl": max(m["kl/mean"] for m in metrics if "kl/mean" in m)}
     if learner.main:
         run_dir.write_json("summary.json", summary)
     return summary
