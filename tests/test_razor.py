@@ -31,6 +31,8 @@ NEW = "maniskill/PickCubeLowGoal-v2"
       "init_from=maniskill/PushCube-v1"], "new_task"),
     (["ppo_lrs=[]", "reinforce_lrs=[]"], "ppo_lrs/reinforce_lrs"),
     (["sft_lrs=[]"], "sft_lrs"),
+    (["kl_budgets=[0.5,0]"], "kl_budgets"),
+    (["kl_budgets=[.inf]"], "kl_budgets"),
     (["rl_iterations=2"], "rl_iterations"),
     (["rl_episodes=0"], "rl_episodes"),
     (["init_from=maniskill/PickCube-v1"], "suite"),  # the task the new one starts from cannot be retained
@@ -111,6 +113,9 @@ def test_the_default_sweep_has_three_ppo_and_three_sft_settings_and_both_hybrids
     distill = config.distill_trial("/x/policy", "ppo_lr0p001")
     assert distill.method == "distill" and distill.train["teacher"] == "/x/policy"
     assert "reinforce" in [t.method for t in RazorConfig(reinforce_lrs=[1e-3]).trials()]
+    budgeted = [t for t in RazorConfig(kl_budgets=[0.5]).trials() if t.family == "budget"]
+    assert [(t.method, t.train["kl_budget"]) for t in budgeted] == [("ppo_budget", 0.5), ("sft_budget", 0.5)]
+    assert budgeted[0].train["updater"]["optim"]["lr"] == 1e-3 and budgeted[1].train["updater"]["name"] == "sft"
 
 
 # ------------------------------------------------------------------------------------------ the law
@@ -237,7 +242,10 @@ def test_every_stage_runs_and_an_interrupted_run_resumes(smoke_run):
                                             "law", "report"]
     summary = json.loads((out / "summary.json").read_text())
     methods = {run["method"] for run in summary["runs"]}
-    assert methods == {"ppo", "sft", "sft_kl", "distill"}
+    assert methods == {"ppo", "sft", "sft_kl", "distill", "ppo_budget", "sft_budget"}
+    # the budgeted arms kept the probe's KL within their budget, and the report places them against RL
+    assert {arm["method"] for arm in summary["budgeted"]} == {"ppo_budget", "sft_budget"}
+    assert all(arm["max_kl"] <= arm["budget"] == 0.05 for arm in summary["budgeted"])
     for run in summary["runs"]:
         for key in ("method", "setting", "checkpoint_step", "new_task_success", "retention", "forgetting",
                     "forward_kl_new", "reverse_kl_new", "tv_new", "l2_new", "forward_kl_old", "weight_l1",
@@ -261,6 +269,7 @@ def test_every_stage_runs_and_an_interrupted_run_resumes(smoke_run):
     report = (out / "report.html").read_text()
     assert "noise ceiling" in report and summary["noise_ceiling_words"].startswith("Noise")
     assert "Ordered action bins" in report and "w1_new" in summary["r2"]
+    assert "KL-budgeted arms" in report and "RL's retention minus its own" in report
     finals = {run["key"] for run in summary["runs"] if run["final"]}
     assert all(r.get("point") in finals | {"pi0", None} for rows in summary["matched"]["families"].values()
                for r in rows)  # the matched table holds final policies only
@@ -271,6 +280,48 @@ def test_every_stage_runs_and_an_interrupted_run_resumes(smoke_run):
     assert greedy["suite"]["greedy"] is True and {c["axis"] for c in greedy["cells"]} == {"in_distribution"}
     for both in modes["policies"].values():
         assert set(both["greedy"]["forgetting"]) == set(RETAIN) and "mean_forgetting" in both["sampled"]
+
+
+def test_predict_forgetting_measures_a_sweep_policy_as_the_sweep_did_and_refuses_foreign_input(smoke_run, tmp_path,
+                                                                                               capsys):
+    out, _ = smoke_run
+    summary = json.loads((out / "summary.json").read_text())
+    pi0, policy = out / "pi0" / "pi0_for_new_task", out / "sweep" / "ppo_lr0p001" / "artifacts" / "policy"
+    base = ["predict-forgetting", f"policy={policy}", f"base={pi0}", f"task={NEW}", f"law={out / 'summary.json'}"]
+    assert main([*base, "predictor=w1_new", f"out_dir={tmp_path / 'p'}"]) == 0
+    result = json.loads((tmp_path / "p" / "prediction.json").read_text())
+    swept = next(r for r in summary["runs"] if r["key"] == "ppo_lr0p001__final")
+    assert result["measured"]["value"] == pytest.approx(swept["w1_new"], rel=1e-5)  # the sweep's probe, redrawn
+    p = result["prediction"]
+    assert p["low"] <= p["forgetting"] <= p["high"] and "predicted forgetting" in capsys.readouterr().out
+    # the report's leave-one-run-out table: every predictor with its error and coverage
+    assert set(summary["prediction"]) >= {"forward_kl_new", "w1_new"} and summary["prediction"]["forward_kl_new"]
+    assert "Predicting forgetting from the new task alone" in (out / "report.html").read_text()
+
+    foreign = tmp_path / "foreign.json"
+    foreign.write_text(json.dumps({"r2": {}, "runs": []}))
+    for args, field in (([f"law={foreign}"], "law"), ([f"law={tmp_path / 'none.json'}"], "law"),
+                        (["task=maniskill/PushCube-v1"], "task"), (["predictor=forward_kl_old"], "predictor"),
+                        (["predictor=forward_kl_onpolicy"], "predictor"), ([f"policy={tmp_path}"], "policy")):
+        kept = [a for a in base if not a.startswith(args[0].split("=")[0] + "=")]
+        assert main([*kept, *args, f"out_dir={tmp_path / 'x'}"]) == 2, args
+        assert f"invalid value for {field}" in capsys.readouterr().err
+        assert not (tmp_path / "x" / "prediction.json").exists()
+
+
+def test_a_policy_with_another_action_space_is_refused():
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from vla_cl.razor.predict import check_action_spaces
+
+    def policy(high):
+        return SimpleNamespace(action_support=(0, 256), action_values=lambda: np.tile(np.linspace(-1, high, 256), (7, 1)))
+
+    check_action_spaces(policy(1.0), policy(1.0))
+    with pytest.raises(ValueError, match="invalid value for policy: its action space"):
+        check_action_spaces(policy(2.0), policy(1.0))
 
 
 @pytest.fixture(scope="module")

@@ -97,6 +97,13 @@ COMMANDS: Registry[Command] = Registry(
                 "vla_cl.evaluation.command:run",
             ),
             Command(
+                "predict-forgetting",
+                "Predict a fine-tuned policy's forgetting from the new task alone: one predictor measured on new-task "
+                "states, the law a razor sweep fitted, a 95 % prediction interval.",
+                "vla_cl.razor.predict:PredictConfig",
+                "vla_cl.razor.predict:run",
+            ),
+            Command(
                 "continual",
                 "Fine-tune on tasks one after another, evaluating the suite after each stage (LIBERO / Continual "
                 "World metrics).",

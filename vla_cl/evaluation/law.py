@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from vla_cl.evaluation import comparison as C
+from vla_cl.evaluation.prediction import prediction_table
 from vla_cl.kl import fit_forgetting
 from vla_cl.kl.compare import PREDICTORS
 from vla_cl.kl.fit import CEILING_DRAWS, ceiling_of, ceiling_words, fit_trust
@@ -282,6 +283,7 @@ def analyse(pi0: Point, points: list[Point], retention_tasks: list[str], levels:
         "noise_ceiling_final": ceiling_final,
         "noise_ceiling_words": ceiling_words(ceiling, r2),
         "fit_forward_kl_new": fit_curve(points),
+        "prediction": prediction_table([p.to_dict() for p in points], PREDICTORS),
         "pareto": {family: [p.key for p in pareto([q for q in points if q.family == family])]
                    for family in sorted({p.family for p in points})},
         "matched": matched(finals, pi0, retention_tasks, levels),

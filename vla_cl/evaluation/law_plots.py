@@ -13,7 +13,8 @@ import numpy as np
 from vla_cl.kl.compare import ORDERED_PREDICTORS, PREDICTORS
 from vla_cl.kl.ordered import SMOOTHING_SIGMA_BINS
 
-FAMILY_COLORS = {"rl": "#1f77b4", "sft": "#d62728", "hybrid": "#9467bd", "pi0": "#222222"}
+FAMILY_COLORS = {"rl": "#1f77b4", "sft": "#d62728", "hybrid": "#9467bd", "budget": "#ff7f0e", "pi0": "#222222"}
+FAMILIES = ("rl", "sft", "hybrid", "budget")  # pi0 is drawn on its own
 
 
 def pyplot():
@@ -44,7 +45,7 @@ def plot_pareto(law: dict, path: Path, labels: dict[str, str], new_label: str = 
     ax.scatter([pi0["new_task_success"]], [pi0["mean_retention"]], marker="*", s=220, color="black", label="pi0",
                zorder=5)
     by_key = {p["key"]: p for p in law["points"]}
-    for family in ("rl", "sft", "hybrid"):
+    for family in FAMILIES:
         points = [p for p in law["points"] if p["family"] == family]
         if not points:
             continue
@@ -69,7 +70,7 @@ def plot_forgetting_vs_kl(law: dict, path: Path, labels: dict[str, str],
                           forgetting_label: str = "forgetting (mean drop in retention-task success)") -> None:
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.6))
-    for family in ("rl", "sft", "hybrid"):
+    for family in FAMILIES:
         points = [p for p in law["points"] if p["family"] == family]
         if points:
             ax.scatter([p["forward_kl_new"] for p in points], [p["forgetting"] for p in points],
@@ -149,6 +150,24 @@ def r2_rows(law: dict, final_label: str, names: dict[str, str] | None = None) ->
         f"<p><b>Can this experiment tell predictors apart?</b> {html.escape(words)} The ceiling is a parametric "
         "bootstrap of each point's own evaluation examples, episodes or benchmark items (<code>vla_cl.evaluation.law.noise_ceiling</code>).</p>")
     return table(header, rows) + "\n" + ceiling_note + note
+
+
+def prediction_rows(law: dict, names: dict[str, str] | None = None) -> str:
+    """The leave-one-run-out table of ``vla_cl.evaluation.prediction`` ("" when the law has none)."""
+    import html
+
+    loo = {n: t for n in measured_predictors(law) if (t := (law.get("prediction") or {}).get(n))}
+    if not loo:
+        return ""
+    rows = [[html.escape((names or {}).get(n, n)), fmt(t["mae"]), f"{t['coverage']:.0%}", f"{t['points']} / {t['runs']}"]
+            for n, t in loo.items()]
+    best = min(loo, key=lambda n: loo[n]["mae"])
+    return ("<h3>Predicting forgetting from the new task alone</h3><p>Each run held out in turn, the law (the "
+            "quadratic above) fitted on the other runs predicts its points (<code>vla_cl.evaluation.prediction</code>"
+            "; <code>vla-cl predict-forgetting</code> does the same for a new policy). The coverage is the share of "
+            "held-out points inside their 95 % prediction interval: near 95 % the interval can be trusted, below it "
+            f"the interval is too narrow. Lowest error: <code>{html.escape(best)}</code>.</p>"
+            + table(["predictor", "mean absolute error", "coverage of the 95 % interval", "points / runs"], rows))
 
 
 def ordered_note(law: dict) -> str:

@@ -23,6 +23,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from vla_cl.razor.config import DEMO_METHODS
+
 EXPERT_STEPS = {"simpler": 33, "maniskill": 24}  # mean expert episode length (steps), measured (README)
 # (s per acting step, s per training sample) on one core of the 2-core reference machine: state_token from the
 # razor's pi0 stage (864k samples in 62 s on 2 cores) and acting in evaluation; small_vlm (64 px) from its
@@ -89,8 +91,8 @@ def plan(config: Any) -> list[StageWork]:
     full = cells(experiment, experiment.axes)
     snapshot = sum(config.snapshot_episodes * _steps(t, suite) for t in experiment.task_ids)
     trials = config.trials()
-    rl = [t for t in trials if t.family == "rl"]
-    sft = [t for t in trials if t.family != "rl"]
+    sft = [t for t in trials if t.method in DEMO_METHODS]
+    rl = [t for t in trials if t.method not in DEMO_METHODS]  # they collect their own episodes
     rollout = config.rl_iterations * config.rl_episodes * _steps(config.new_task, suite)
     rl_steps = (len(rl) + config.seeds) * rollout  # every RL run and one distillation per training seed
     sft_samples = sum(t.iterations * config.sft_batch for t in sft)

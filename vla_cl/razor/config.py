@@ -30,6 +30,7 @@ zero. The report says how many.
 from __future__ import annotations
 
 import dataclasses
+import math
 
 from vla_cl.config import RunConfig, merged, option, require
 
@@ -37,6 +38,8 @@ POLICIES = ("state_token", "small_vlm", "openvla")
 WORD_POLICIES = ("state_token", "small_vlm")  # policies with a word vocabulary, whose new words init_from seeds
 RL_METHODS = ("ppo", "reinforce")
 SFT_METHODS = ("sft",)
+BUDGET_METHODS = ("ppo_budget", "reinforce_budget", "sft_budget")  # ``kl_budgets``: their own family
+DEMO_METHODS = ("sft", "sft_kl", "sft_budget")  # the trials that learn from the new task's demonstrations
 
 
 @dataclasses.dataclass(frozen=True, eq=True)
@@ -57,8 +60,9 @@ class Trial:
 
     @property
     def family(self) -> str:
-        """rl, sft or hybrid: what the comparisons group by."""
-        return "rl" if self.method in RL_METHODS else "sft" if self.method in SFT_METHODS else "hybrid"
+        """rl, sft, budget or hybrid: what the comparisons group by (the finding compares rl with sft only)."""
+        return ("rl" if self.method in RL_METHODS else "sft" if self.method in SFT_METHODS else
+                "budget" if self.method in BUDGET_METHODS else "hybrid")
 
 
 @dataclasses.dataclass
@@ -115,6 +119,9 @@ class RazorConfig(RunConfig):
     sft_iterations: int = option(40, "SFT iterations (batches of sft_batch demonstration steps)")
     sft_batch: int = option(256, "demonstration steps per SFT iteration")
     sft_kl_coef: float = option(0.1, "beta of the sft_kl hybrid (run at the middle SFT learning rate)")
+    kl_budgets: list = option([], "KL budgets B (nats per action on the probe) of the budgeted arms: RL (PPO, else "
+                              "REINFORCE) and SFT at their highest learning rate, each kept at or under B by the "
+                              "adaptive KL coefficient (vla_cl.updaters.budget); [] = none")
     distill_lr: float = option(1e-3, "learning rate of distill (SFT on the best RL policy's rollouts)")
     num_envs: int = option(4, "envs stepped together in each training run")
     rl_overrides: dict = option({}, "`vla-cl train` fields set in every RL run and distillation, e.g. "
@@ -194,6 +201,10 @@ class RazorConfig(RunConfig):
         require(self.label_sigma >= 0, "label_sigma", self.label_sigma, ">= 0 bins")
         require(self.sft_kl_coef > 0, "sft_kl_coef", self.sft_kl_coef, "> 0")
         require(self.distill_lr > 0, "distill_lr", self.distill_lr, "> 0")
+        self.kl_budgets = list(self.kl_budgets)
+        require(all(isinstance(b, (int, float)) and not isinstance(b, bool) and math.isfinite(b) and b > 0
+                    for b in self.kl_budgets), "kl_budgets", self.kl_budgets,
+                "a list of finite numbers of nats per action > 0 ([] = no budgeted arms)")
         require(32 <= self.video_size <= 512, "video_size", self.video_size, "32..512")
 
     def _check_policy_setup(self) -> None:
@@ -267,6 +278,14 @@ class RazorConfig(RunConfig):
             middle = sorted(self.sft_lrs)[len(self.sft_lrs) // 2]
             out.append(Trial("sft_kl", f"lr={middle:g}_kl={self.sft_kl_coef:g}{tag}",
                              self._sft("sft_kl", float(middle), seed, kl_coef=self.sft_kl_coef), self.sft_iterations))
+            rl_method, rl_lrs = ("ppo", self.ppo_lrs) if self.ppo_lrs else ("reinforce", self.reinforce_lrs)
+            for budget in self.kl_budgets:
+                rl_lr, sft_lr = max(float(v) for v in rl_lrs), max(float(v) for v in self.sft_lrs)
+                out.append(Trial(f"{rl_method}_budget", f"lr={rl_lr:g}_B={budget:g}{tag}",
+                                 self._rl(rl_method, rl_lr, seed, kl_budget=float(budget)), rl))
+                out.append(Trial("sft_budget", f"lr={sft_lr:g}_B={budget:g}{tag}",
+                                 merged(self._sft("sft", sft_lr, seed), {"kl_budget": float(budget)}),
+                                 self.sft_iterations))
         return out
 
     def _rl(self, method: str, lr: float, seed: int, **train: object) -> dict:

@@ -23,6 +23,7 @@ from vla_cl.evaluation.law_plots import (
     plot_forgetting_vs_kl,
     plot_pareto,
     plot_r2,
+    prediction_rows,
     r2_rows,
     table,
 )
@@ -31,11 +32,13 @@ from vla_cl.evaluation.suite import AXES
 from vla_cl.files import write_json_atomic, write_text_atomic
 from vla_cl.kl.compare import PREDICTORS
 from vla_cl.razor import law as L
+from vla_cl.razor.config import Trial
 from vla_cl.razor.measure import policies_of
 from vla_cl.runs import latest_report
 
 ASSETS = "report_assets"
-FAMILY_LABELS = {"rl": "RL (PPO / REINFORCE)", "sft": "SFT", "hybrid": "hybrids (SFT+KL, distill)", "pi0": "pi0"}
+FAMILY_LABELS = {"rl": "RL (PPO / REINFORCE)", "sft": "SFT", "hybrid": "hybrids (SFT+KL, distill)",
+                 "budget": "KL-budgeted (RL, SFT)", "pi0": "pi0"}
 
 
 # ------------------------------------------------------------------------------------------ analysis
@@ -55,6 +58,55 @@ def _points(config: Any, trials: list[dict], evaluations: Path, measured: Path) 
     return pi0, points
 
 
+def budgeted_arms(points: list[L.Point], trials: list[dict], tasks: list[str]) -> list[dict]:
+    """Each KL-budgeted final policy (``kl_budgets``): its budget as its run kept it, the data it used, and where
+    it stands against RL's final policies: the RL policy with the nearest new-task success at or above its own,
+    with the paired retention difference (RL minus budgeted, 95 % interval: > 0 means RL kept more)."""
+    runs = {Trial(**entry["trial"]).id: json.loads((Path(entry["folder"]) / "summary.json").read_text())
+            for entry in trials}
+    rl = [p for p in points if p.final and p.family == "rl"]
+    out = []
+    for point in (p for p in points if p.final and p.family == "budget"):
+        run = runs[point.key.split("__")[0]]
+        above = [q for q in rl if q.new_success >= point.new_success - 1e-12]
+        rival = min(above, key=lambda q: (q.new_success, q.forgetting)) if above else None
+        difference = None if rival is None else L.paired_difference(rival.result, point.result, tasks)
+        out.append({"key": point.key, "method": point.method, "setting": point.setting,
+                    "new_task_success": point.new_success, "forgetting": point.forgetting, **run["kl_budget"],
+                    "env_steps": run["env_steps"], "samples": run["samples"],
+                    "rl_rival": None if rival is None else {"key": rival.key, "new_task_success": rival.new_success,
+                                                            "forgetting": rival.forgetting,
+                                                            "retention_rl_minus_budgeted": difference.to_dict()}})
+    return out
+
+
+def budget_words(arms: list[dict]) -> str:
+    """The report's paragraph on the budgeted arms ("" without any)."""
+    if not arms:
+        return ""
+    parts = []
+    for a in arms:
+        trace = (f"probe KL at most {a['max_kl']:.3f} of its budget {a['budget']:g} nats per action "
+                 f"({a['rejected']} update(s) undone, final beta {a['final_coef']:.3g})")
+        data = (f"{a['env_steps']:,} env steps of its own" if a["method"] != "sft_budget" else
+                f"{a['samples']:,} demonstration steps")
+        rival = a["rl_rival"]
+        if rival is None:
+            versus = "no RL final policy reaches its new-task success"
+        else:
+            d = rival["retention_rl_minus_budgeted"]
+            side = ("RL kept more" if d["low"] > 0 else "it kept more than RL" if d["high"] < 0 else
+                    "not resolved: the interval contains 0")
+            versus = (f"against {html.escape(rival['key'].replace('__', ' '))} (new task "
+                      f"{rival['new_task_success']:.0%}), RL's retention minus its own {d['estimate']:+.3f} "
+                      f"({d['low']:+.3f} to {d['high']:+.3f}): {side}")
+        parts.append(f"<li><b>{html.escape(a['key'].replace('__', ' '))}</b>: new task {a['new_task_success']:.0%}, "
+                     f"forgetting {a['forgetting']:+.3f}; {trace}; trained on {data}; {versus}.</li>")
+    return ("<p><b>KL-budgeted arms</b> (<code>kl_budget</code>, PPO's adaptive KL coefficient with over-budget "
+            "updates undone, <code>vla_cl.updaters.budget</code>). Budgeted SFT is on RL's frontier where no RL "
+            "final policy reaches its new-task success while keeping more:</p><ul>" + "".join(parts) + "</ul>")
+
+
 def analyse(config: Any, pi0_folder: str, trials: list[dict], evaluations: Path, measured: Path,
             folder: Path) -> dict:
     """Fits, frontiers, matched comparisons and the finding (see ``vla_cl.razor.law``); written to law.json."""
@@ -64,6 +116,7 @@ def analyse(config: Any, pi0_folder: str, trials: list[dict], evaluations: Path,
     levels = [round(pi0.new_success + d, 2) for d in (0.1, 0.2, 0.3, 0.4) if pi0.new_success + d <= 1.0]
     out = {
         **L.analyse(pi0, points, tasks, levels),
+        "budgeted": budgeted_arms(points, trials, tasks),
         "new_task": config.new_task,
         "episodes": {"final": points and finals[0].result.cell(config.new_task).episodes,
                      "snapshot": next((p.result.cell(config.new_task).episodes for p in points if not p.final), None)},
@@ -279,11 +332,13 @@ differences). {starts_note(results, [*tasks, new])}</p>
 Design targets: {", ".join(f"{e(k)}: {'met' if v else 'MISSED'}" for k, v in checks.items()) or "n/a"}.</p>
 <h2>Pareto frontier and the forgetting law</h2>
 <img src="{ASSETS}/pareto.png" alt="Pareto frontier per method" width="620">
+{budget_words(law.get("budgeted", []))}
 <img src="{ASSETS}/forgetting_vs_kl.png" alt="forgetting against the forward KL on the new task" width="620">
 <img src="{ASSETS}/r2.png" alt="R squared per predictor" width="620">
 <h3>R<sup>2</sup> of each predictor (2nd-degree fit of forgetting)</h3>
 {r2_rows(law, "final policies")}
 {ordered_note(law)}
+{prediction_rows(law)}
 <p>ParityMNIST mechanism check in this run: R<sup>2</sup>(forward KL on the new task) = {fmt(parity_r2)}.</p>
 <h3>SFT against RL along the trade-off curves</h3>
 <p>Each family's forgetting interpolated linearly from pi0 through its final policies by new-task success (no
@@ -360,6 +415,9 @@ def write(config: Any, pi0: str, trials: list[dict], law: dict, run_dir: Any, fo
                "r2_trust": law.get("r2_trust"), **{key: law.get(key) for key in CEILING_KEYS},
                "retention_modes": law.get("retention_modes"),
                "pareto": law["pareto"], "matched": law["matched"], "finding": law["finding"],
+               "budgeted": law.get("budgeted", []), "prediction": law.get("prediction"),
+               "probe": {"task": config.new_task, "episodes": config.probe_episodes, "seed": config.seed,
+                         "options": config.rollout_options()},
                "episodes": law["episodes"], "design_checks": law["design_checks"], "videos": clips,
                "parity_r2_forward_kl_new": parity_r2, "setting": setting(config),
                "config": json.loads(json.dumps(config.__dict__, default=str))}

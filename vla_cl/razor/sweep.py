@@ -19,7 +19,7 @@ from concurrent.futures import FIRST_COMPLETED, wait
 from pathlib import Path
 from typing import Any
 
-from vla_cl.razor.config import RL_METHODS, RazorConfig, Trial
+from vla_cl.razor.config import DEMO_METHODS, RL_METHODS, RazorConfig, Trial
 from vla_cl.workers import pool as worker_pool
 
 SUMMARY = "summary.json"
@@ -61,7 +61,7 @@ def trial_layers(trial: Trial, common: dict[str, Any], demos: Path) -> list[dict
     for the methods that learn from them, the trial's own fields and the run's refresh/checkpoint schedule
     (the scenes are rebuilt, and a resume can start, every third of a run)."""
     every = max(1, trial.iterations // 3)
-    data = {"demos": str(demos)} if trial.method in ("sft", "sft_kl") else {}
+    data = {"demos": str(demos)} if trial.method in DEMO_METHODS else {}
     return [common, data, trial.train, {"refresh_every": every, "checkpoint_every": every}]
 
 
