@@ -40,20 +40,23 @@ def lines(out: Path) -> list[dict]:
 def test_the_adaptive_rule_by_hand():
     budget = KLBudget(0.9, "adaptive", kl_coef=0.0)  # target d_targ = 0.6, band 0.4 .. 0.9
     assert budget.coef == INITIAL_COEF and budget.target == pytest.approx(0.6)
-    assert budget.judge(0.1) == {"kl/budget": 0.9, "kl/coef": 1.0, "kl/proposed": 0.1, "kl/rejected": 0.0}
-    assert budget.coef == 0.5  # far under the target: halved
+    assert budget.judge(0.1) == {"kl/budget": 0.9, "kl/coef": 1.0, "kl/lr_scale": 1.0, "kl/proposed": 0.1,
+                                 "kl/rejected": 0.0}
+    assert budget.coef == 0.5 and budget.lr_scale == 1.0  # far under the target: beta halved, lr stays whole
     budget.judge(0.5)
     assert budget.coef == 0.5  # inside the band: kept
     assert budget.judge(0.95)["kl/rejected"] == 1.0 and budget.coef == 1.0  # over the budget: undone, doubled
+    assert budget.lr_scale == 0.5  # and the next steps are shorter
     assert budget.judge(float("nan"))["kl/rejected"] == 1.0  # a NaN is over any budget
+    assert budget.judge(0.5)["kl/lr_scale"] == 0.25 and budget.lr_scale == 0.25  # in the band: kept
     for _ in range(30):
         budget.judge(0.0)
-    assert budget.coef == MIN_COEF
+    assert budget.coef == MIN_COEF and budget.lr_scale == 1.0
     assert KLBudget(0.9, "adaptive", kl_coef=0.2).coef == 0.2  # the updater's own weight is the start
     stop = KLBudget(0.9, "stop", kl_coef=0.0)
     stop.judge(0.5)
     assert not stop.stopped and stop.coef == 0.0
-    assert stop.judge(1.0)["kl/rejected"] == 1.0 and stop.stopped
+    assert stop.judge(1.0)["kl/rejected"] == 1.0 and stop.stopped and stop.lr_scale == 1.0
 
 
 @pytest.mark.parametrize("name", ["sft", "ppo"])

@@ -231,6 +231,7 @@ def train(
                 raise ValueError(f"{run_dir.path} holds a checkpoint of a run without kl_budget; resume it without "
                                  "kl_budget, or choose another out_dir")
             budget.coef, budget.stopped = resumed["kl_coef"], resumed.get("kl_stopped", False)
+            budget.lr_scale = resumed.get("kl_lr_scale", 1.0)
     if learner.main:
         ckpt.truncate_metrics(run_dir.metrics_path, start if resumed is not None else -1)
     writer = tensorboard_writer(run_dir, start, config.tensorboard and learner.main)
@@ -262,7 +263,7 @@ def train(
             undo.save()
         try:
             losses, counters["step"] = optimise(policy, updater, batch, optimizer, counters["step"], total_steps,
-                                                rng, device, learner)
+                                                rng, device, learner, 1.0 if budget is None else budget.lr_scale)
         except NonFinite as problem:
             raise TrainingDiverged(diverged_message(problem, iteration, updater, run_dir)) from None
         rows = learner.total_rows(len(batch))
@@ -301,7 +302,8 @@ def train(
                     policy.save_pretrained(run_dir.artifacts / "snapshots" / f"iter-{iteration:06d}",
                                            metadata={"updater": updater.name, "iteration": iteration, **counters})
         if due(iteration, config.checkpoint_every, last):
-            control = {} if budget is None else {"kl_coef": budget.coef, "kl_stopped": budget.stopped}
+            control = {} if budget is None else {"kl_coef": budget.coef, "kl_stopped": budget.stopped,
+                                                 "kl_lr_scale": budget.lr_scale}
             with learner.gathered(write=True) as writing:
                 ckpt.save_checkpoint(run_dir.path / "artifacts" / "checkpoints", iteration, policy, optimizer,
                                      {"seed": seed, "updater": updater.name, **counters, **control},
@@ -320,6 +322,7 @@ def train(
                "first": _without_wall_clock(metrics[0]), "final": _without_wall_clock(metrics[-1])}
     if budget is not None:
         summary["kl_budget"] = {"budget": budget.budget, "control": budget.control, "final_coef": budget.coef,
+                                "final_lr_scale": budget.lr_scale,
                                 "stopped_at": metrics[-1]["iteration"] if budget.stopped else None,
                                 "rejected": sum(int(m.get("kl/rejected", 0)) for m in metrics),
                                 "max_kl": max(m["kl/mean"] for m in metrics if "kl/mean" in m)}
@@ -371,7 +374,7 @@ def check_setup(policy: Policy, updater: Updater, source: Source, device: torch.
 
 def optimise(policy: Policy, updater: Updater, batch: Batch, optimizer: torch.optim.Optimizer, step: int,
              total_steps: int, rng: np.random.Generator, device: torch.device,
-             learner: Any = None) -> tuple[dict[str, float], int]:
+             learner: Any = None, lr_scale: float = 1.0) -> tuple[dict[str, float], int]:
     """``update_epochs`` passes over ``batch`` in ``minibatches`` random minibatches, one AdamW step per
     ``grad_accum`` minibatches. Returns the mean of every loss term over the minibatches, the mean
     gradient norm (before clipping) and the learning rate, and the new step count. A batch without rows
@@ -409,7 +412,7 @@ def optimise(policy: Policy, updater: Updater, batch: Batch, optimizer: torch.op
                     counts[name] += 1
             if (epoch * c.minibatches + k + 1) % c.grad_accum:
                 continue
-            lr = set_lr(optimizer, c, step, total_steps)
+            lr = set_lr(optimizer, c, step, total_steps, lr_scale)
             learner.reduce_gradients(params)
             if any(p.grad is not None for p in params):
                 norm = learner.clip(params, c.grad_clip if c.grad_clip > 0 else float("inf"))

@@ -40,8 +40,10 @@ def make_optimizer(parameters: list[torch.nn.Parameter], config: OptimizerConfig
     return torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay, foreach=True)
 
 
-def set_lr(optimizer: torch.optim.Optimizer, config: OptimizerConfig, step: int, total: int) -> float:
-    lr = config.lr * lr_factor(config.schedule, step, total, config.warmup_steps)
+def set_lr(optimizer: torch.optim.Optimizer, config: OptimizerConfig, step: int, total: int,
+           scale: float = 1.0) -> float:
+    """Set the schedule's learning rate at ``step`` (times ``scale``: a KL budget's step-size control)."""
+    lr = config.lr * lr_factor(config.schedule, step, total, config.warmup_steps) * scale
     for group in optimizer.param_groups:
         group["lr"] = lr
     return lr
